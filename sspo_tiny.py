@@ -1,0 +1,226 @@
+# Copyright 2026 The SSPO reference implementation authors. Apache-2.0.
+"""The embedded tiny default: an SD1.5-shaped pipeline with random weights and a small
+synthetic caption+image dataset, both built locally with no download.
+
+    python sspo_tiny.py --output_dir tiny
+    # -> tiny/model  (a StableDiffusionPipeline folder: --pretrained_model_name_or_path)
+    #    tiny/data   (an imagefolder with metadata.jsonl: --train_data_dir)
+
+The training scripts load these through their ordinary code paths. Tests use the same
+builders, plus ``write_pickapic_parquet`` for Pick-a-Pic-format preference data.
+"""
+
+import argparse
+import io
+import json
+import os
+import random
+
+import torch
+from PIL import Image, ImageDraw
+
+
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (40, 70, 220),
+    "yellow": (235, 210, 40),
+    "purple": (140, 50, 170),
+    "white": (245, 245, 245),
+}
+SHAPES = ("circle", "square", "triangle")
+SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
+
+
+def _bytes_to_unicode():
+    # CLIP's reversible byte -> printable-unicode table, so that any caption tokenizes.
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1)
+    )
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in chars]
+
+
+def write_tokenizer_files(directory):
+    """A byte-level CLIP vocabulary (each byte alone and word-final, plus the two special
+    tokens) with no merges. Returns (vocab_file, merges_file)."""
+    os.makedirs(directory, exist_ok=True)
+    symbols = _bytes_to_unicode()
+    tokens = symbols + [s + "</w>" for s in symbols] + list(SPECIAL_TOKENS)
+    vocab = {token: i for i, token in enumerate(tokens)}
+    vocab_file = os.path.join(directory, "vocab.json")
+    merges_file = os.path.join(directory, "merges.txt")
+    with open(vocab_file, "w", encoding="utf-8") as f:
+        json.dump(vocab, f, ensure_ascii=False)
+    with open(merges_file, "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n")
+    return vocab_file, merges_file
+
+
+def build_tiny_components(seed=0, cross_attention_dim=32):
+    """Random-weight SD1.5-shaped components: 64 px images -> 4x8x8 latents."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    import tempfile
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(32, 32, 64, 64),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1,
+        norm_num_groups=32,
+        sample_size=64,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_file, merges_file = write_tokenizer_files(tmp)
+        tokenizer = CLIPTokenizer(vocab_file, merges_file, model_max_length=77)
+    bos_id = tokenizer.convert_tokens_to_ids("<|startoftext|>")
+    eos_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=cross_attention_dim,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=bos_id,
+            eos_token_id=eos_id,
+            pad_token_id=eos_id,
+        )
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+
+
+def build_tiny_pipeline(path, seed=0):
+    """Save a tiny StableDiffusionPipeline folder at ``path``; returns ``path``."""
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline(
+        **build_tiny_components(seed),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(path)
+    return path
+
+
+def draw_shape_image(color, shape, background, size=64, jitter=None):
+    """A solid shape on a solid background: simple enough that the tiny model can learn it."""
+    rng = jitter or random.Random(0)
+    image = Image.new("RGB", (size, size), COLORS[background])
+    draw = ImageDraw.Draw(image)
+    margin = rng.randint(size // 8, size // 4)
+    box = (margin, margin, size - margin, size - margin)
+    if shape == "circle":
+        draw.ellipse(box, fill=COLORS[color])
+    elif shape == "square":
+        draw.rectangle(box, fill=COLORS[color])
+    else:
+        draw.polygon([(size // 2, margin), (size - margin, size - margin), (margin, size - margin)], fill=COLORS[color])
+    return image
+
+
+def synthetic_examples(num_examples, seed=0, size=64):
+    """(caption, image) pairs: 'a red circle on a blue background' and the like."""
+    rng = random.Random(seed)
+    names = list(COLORS)
+    for _ in range(num_examples):
+        color, background = rng.sample(names, 2)
+        shape = rng.choice(SHAPES)
+        yield f"a {color} {shape} on a {background} background", draw_shape_image(color, shape, background, size, rng)
+
+
+def build_tiny_imagefolder(path, num_examples=32, seed=0, size=64, caption_column="text"):
+    """An imagefolder dataset (``--train_data_dir``): PNGs plus metadata.jsonl."""
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "metadata.jsonl"), "w") as metadata:
+        for i, (caption, image) in enumerate(synthetic_examples(num_examples, seed, size)):
+            file_name = f"{i:05d}.png"
+            image.save(os.path.join(path, file_name))
+            metadata.write(json.dumps({"file_name": file_name, caption_column: caption}) + "\n")
+    return path
+
+
+def _jpeg_bytes(image):
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def write_pickapic_parquet(path, labels, split="train", seed=0, size=64, corrupt_rows=()):
+    """A Pick-a-Pic v2-format parquet at ``path/data/<split>-00000-of-00001.parquet``.
+
+    ``labels`` is a list of label_0 values (1, 0 or 0.5 for a tie); the preferred image is
+    drawn with the caption's colours, the other with swapped colours, so winners are
+    checkable. Rows in ``corrupt_rows`` get truncated JPEG bytes for the winner.
+    Returns the list of expected winner captions (ties dropped)."""
+    import datasets
+
+    rng = random.Random(seed)
+    rows = {k: [] for k in ("caption", "jpg_0", "jpg_1", "label_0", "label_1", "are_different", "has_label")}
+    names = list(COLORS)
+    for i, label_0 in enumerate(labels):
+        color, background = rng.sample(names, 2)
+        shape = rng.choice(SHAPES)
+        good = _jpeg_bytes(draw_shape_image(color, shape, background, size, rng))
+        bad = _jpeg_bytes(draw_shape_image(background, shape, color, size, rng))
+        if i in corrupt_rows:
+            good = good[: len(good) // 3]
+        jpg_0, jpg_1 = (good, bad) if label_0 == 1 else (bad, good)
+        rows["caption"].append(f"a {color} {shape} on a {background} background")
+        rows["jpg_0"].append(jpg_0)
+        rows["jpg_1"].append(jpg_1)
+        rows["label_0"].append(float(label_0))
+        rows["label_1"].append(float(1 - label_0))
+        rows["are_different"].append(True)
+        rows["has_label"].append(True)
+    os.makedirs(os.path.join(path, "data"), exist_ok=True)
+    datasets.Dataset.from_dict(rows).to_parquet(os.path.join(path, "data", f"{split}-00000-of-00001.parquet"))
+    return path
+
+
+def parse_args(input_args=None):
+    parser = argparse.ArgumentParser(description="Build the tiny offline SSPO default (model + data).")
+    parser.add_argument("--output_dir", default="tiny_sspo", help="Writes <output_dir>/model and <output_dir>/data.")
+    parser.add_argument("--num_examples", type=int, default=64, help="Synthetic caption+image pairs.")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(input_args)
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    model_dir = build_tiny_pipeline(os.path.join(args.output_dir, "model"), seed=args.seed)
+    data_dir = build_tiny_imagefolder(os.path.join(args.output_dir, "data"), args.num_examples, args.seed)
+    print(f"tiny model: {model_dir}\ntiny data:  {data_dir}")

@@ -1,0 +1,596 @@
+# Copyright 2026 The SSPO reference implementation authors. Apache-2.0.
+"""Shared building blocks of the SSPO training scripts.
+
+SSPO (Self-Sampling Preference Optimization, arXiv 2410.05255; v1: SePPO) trains a
+diffusion model from winning images x^w alone. The loser of each Diffusion-DPO pair is
+replaced by a sample x^s that a past checkpoint generates for the same caption:
+
+* RCR (Random Checkpoint Replay): once per optimizer step a checkpoint is drawn
+  uniformly from the reference pool (the initial model included). It is the reference
+  model of the DPO loss and the generator of x^s.
+* SSR (Selective Self-Rejection): per sample, if the reference denoises the noised
+  winner x_t^w better than the policy, its sample is probably a winner too, so the
+  sample's DPO term is dropped (DPO becomes SFT).
+
+Sections, in the paper's vocabulary:
+  1. losses: ``per_sample_error``, ``sspo_loss``, ``dpo_loss``
+  2. the RCR reference pool: ``ReferencePool``
+  3. the self-sampling pipeline: ``SSPOSelfSamplingPipeline``
+  4. reproducible randomness: ``TrainingGenerators``
+  5. checkpoints: atomic save, rotation, ``latest`` lookup, run compatibility
+  6. model card and validation-image helpers
+  7. user-facing errors: ``SSPOInputError``
+"""
+
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers import StableDiffusionPipeline
+from diffusers.utils.torch_utils import randn_tensor
+
+
+logger = logging.getLogger(__name__)
+
+SSR_MODES = ("sft", "flip", "off")
+REFERENCE_STRATEGIES = ("uniform", "latest", "initial")
+
+
+class SSPOInputError(ValueError):
+    """Bad user input (flags, data, checkpoints). The scripts print its message as one line
+    and exit with status 2, instead of a traceback."""
+
+
+# ---------------------------------------------------------------------------
+# 1. Losses
+# ---------------------------------------------------------------------------
+
+
+def per_sample_error(model_pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Denoising error ||pred - target||^2 averaged over every latent element, one value
+    per sample: shape (B,). Works for images (b c h w) and videos (b c f h w)."""
+    squared_error = F.mse_loss(model_pred.float(), target.float(), reduction="none")
+    return squared_error.flatten(start_dim=1).mean(dim=1)
+
+
+def _dpo_terms(model_err_w, model_err_l, ref_err_w, ref_err_l, beta, indicator):
+    model_diff = model_err_w - model_err_l
+    ref_diff = ref_err_w - ref_err_l
+    delta_w = model_err_w - ref_err_w  # Δ^w
+    delta_l = model_err_l - ref_err_l  # Δ^s (or Δ^l for real pairs)
+    # The 1/2 factor follows Diffusion-DPO's original code (beta=5000 for SD1.5).
+    logits = -0.5 * beta * (delta_w - indicator * delta_l)
+    loss = -F.logsigmoid(logits)
+    return loss, logits, model_diff, ref_diff
+
+
+def sspo_loss(
+    model_err_w: torch.Tensor,
+    model_err_s: torch.Tensor,
+    ref_err_w: torch.Tensor,
+    ref_err_s: torch.Tensor,
+    beta: float,
+    ssr: str = "sft",
+):
+    """SSPO loss on per-sample errors of shape (B,).
+
+    ``model_err_*`` are e_θ on the noised winner x_t^w and on the noised self-sample x_t^s
+    (with grad); ``ref_err_*`` are e_ref from the RCR reference (no grad).
+
+        Δ^w = e_θ^w − e_ref^w,   Δ^s = e_θ^s − e_ref^s
+        loss_i = −log σ(−β/2 · (Δ^w − I_i · Δ^s))
+
+    SSR indicator ``I`` (no grad):
+      * ``ssr="sft"`` (SSPO): I = 1 if e_θ^w <= e_ref^w (the policy is at least as good on the
+        winner, so the reference's sample is a loser: DPO), else I = 0 (SFT on x^w only).
+      * ``ssr="flip"`` (SePPO v1): I = +1 or −1; a better reference makes x^s a second winner.
+      * ``ssr="off"``: I = 1 always (plain DPO against the self-sample).
+
+    Returns ``(loss, info)``; ``info`` holds per-sample ``ssr_indicator``, ``implicit_acc``
+    (share of samples whose model_diff < ref_diff), ``reward_margin`` and the SFT fraction.
+    """
+    if ssr not in SSR_MODES:
+        raise ValueError(f"ssr must be one of {SSR_MODES}, got {ssr!r}")
+    with torch.no_grad():
+        policy_not_worse = (model_err_w <= ref_err_w).to(model_err_w.dtype)
+        if ssr == "sft":
+            indicator = policy_not_worse
+        elif ssr == "flip":
+            indicator = 2.0 * policy_not_worse - 1.0
+        else:
+            indicator = torch.ones_like(model_err_w)
+    losses, logits, model_diff, ref_diff = _dpo_terms(
+        model_err_w, model_err_s, ref_err_w, ref_err_s, beta, indicator
+    )
+    info = {
+        "ssr_indicator": indicator.detach(),
+        "ssr_sft_fraction": (indicator <= 0).float().mean().detach(),
+        "implicit_acc": (model_diff < ref_diff).float().mean().detach(),
+        "reward_margin": logits.detach(),
+    }
+    return losses.mean(), info
+
+
+def dpo_loss(
+    model_err_w: torch.Tensor,
+    model_err_l: torch.Tensor,
+    ref_err_w: torch.Tensor,
+    ref_err_l: torch.Tensor,
+    beta: float,
+):
+    """Diffusion-DPO loss (Wallace et al.) on real pairs, same conventions as ``sspo_loss``:
+    loss_i = −log σ(−β/2 · ((e_θ^w − e_θ^l) − (e_ref^w − e_ref^l)))."""
+    ones = torch.ones_like(model_err_w)
+    losses, logits, model_diff, ref_diff = _dpo_terms(
+        model_err_w, model_err_l, ref_err_w, ref_err_l, beta, ones
+    )
+    info = {
+        "implicit_acc": (model_diff < ref_diff).float().mean().detach(),
+        "reward_margin": logits.detach(),
+    }
+    return losses.mean(), info
+
+
+# ---------------------------------------------------------------------------
+# 2. RCR reference pool
+# ---------------------------------------------------------------------------
+
+
+class ReferencePool:
+    """The RCR checkpoint pool: snapshots of the trainable weights (LoRA adapter tensors, or
+    motion modules), drawn as reference model and self-sampler.
+
+    * Entry 0 is always the initial model (a fresh gaussian-init LoRA has B = 0).
+    * ``max_snapshots`` bounds memory. Once full, entry 0 is kept and the other slots are
+      replaced by reservoir sampling (Vitter's algorithm R), so they stay a uniform sample of
+      every snapshot ever offered, and a uniform draw from the pool remains (close to) RCR's
+      uniform draw over the whole history.
+    * ``swapped_in`` copies a snapshot into the live parameters in place and restores them
+      exactly afterwards. No second UNet copy exists. Use it *before* the policy forward:
+      in-place copies after it would break autograd's version counters.
+    """
+
+    def __init__(
+        self,
+        named_parameters: Iterable,
+        max_snapshots: Optional[int] = None,
+        storage_device: str = "cpu",
+        seed: int = 0,
+    ):
+        self.names: List[str] = []
+        self.params: List[torch.Tensor] = []
+        for name, param in named_parameters:
+            self.names.append(name)
+            self.params.append(param)
+        if not self.params:
+            raise ValueError("ReferencePool needs at least one trainable parameter to snapshot.")
+        if max_snapshots is not None and max_snapshots < 2:
+            raise SSPOInputError(
+                f"--max_snapshots {max_snapshots} cannot hold the initial model plus any other "
+                "checkpoint; use at least 2, or leave it unset for an unbounded pool."
+            )
+        self.max_snapshots = max_snapshots
+        self.storage_device = torch.device(storage_device)
+        self.snapshots: List[List[torch.Tensor]] = []
+        self.steps: List[int] = []  # optimizer step at which each entry was taken
+        self.num_offered = 0  # non-initial snapshots offered so far (reservoir counter)
+        self.reservoir_generator = torch.Generator().manual_seed(seed)
+        self._backup: Optional[List[torch.Tensor]] = None
+        self.add(step=0)
+
+    def __len__(self):
+        return len(self.snapshots)
+
+    @torch.no_grad()
+    def _copy_live(self) -> List[torch.Tensor]:
+        return [p.detach().to(self.storage_device, copy=True) for p in self.params]
+
+    @torch.no_grad()
+    def add(self, step: int) -> Optional[int]:
+        """Offer a snapshot of the current weights. Returns its slot, or None when the
+        reservoir rejected it."""
+        if not self.snapshots:
+            self.snapshots.append(self._copy_live())
+            self.steps.append(step)
+            return 0
+        self.num_offered += 1
+        if self.max_snapshots is None or len(self.snapshots) < self.max_snapshots:
+            self.snapshots.append(self._copy_live())
+            self.steps.append(step)
+            return len(self.snapshots) - 1
+        # Reservoir over the non-initial slots: keep the n-th offer with prob. (K-1)/n.
+        capacity = self.max_snapshots - 1
+        j = int(torch.randint(self.num_offered, (1,), generator=self.reservoir_generator))
+        if j >= capacity:
+            return None
+        slot = j + 1
+        self.snapshots[slot] = self._copy_live()
+        self.steps[slot] = step
+        return slot
+
+    def sample(self, strategy: str, generator: Optional[torch.Generator] = None) -> int:
+        """Index of the reference for this optimizer step. ``uniform`` is RCR, ``latest``
+        behaves like SPIN-Diffusion, ``initial`` is the base model (Diffusion-DPO)."""
+        if strategy == "uniform":
+            return int(torch.randint(len(self.snapshots), (1,), generator=generator))
+        if strategy == "latest":
+            return max(range(len(self.steps)), key=lambda i: (self.steps[i], i))
+        if strategy == "initial":
+            return 0
+        raise ValueError(f"reference strategy must be one of {REFERENCE_STRATEGIES}, got {strategy!r}")
+
+    @contextlib.contextmanager
+    def swapped_in(self, index: int):
+        """Run the block with snapshot ``index`` as the model's weights, then restore the live
+        weights bit for bit."""
+        with torch.no_grad():
+            if self._backup is None:
+                self._backup = [torch.empty_like(p) for p in self.params]
+            live = [p.detach() for p in self.params]
+            torch._foreach_copy_(self._backup, live)
+            torch._foreach_copy_(live, self.snapshots[index])
+        try:
+            yield self
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(live, self._backup)
+
+    def state_dict(self) -> Dict:
+        return {
+            "names": list(self.names),
+            "snapshots": [[t.cpu() for t in snap] for snap in self.snapshots],
+            "steps": list(self.steps),
+            "num_offered": self.num_offered,
+            "max_snapshots": self.max_snapshots,
+            "reservoir_generator": self.reservoir_generator.get_state(),
+        }
+
+    def load_state_dict(self, state: Dict):
+        if list(state["names"]) != self.names:
+            raise SSPOInputError(
+                "The checkpoint's reference pool snapshots other parameters than this run trains "
+                "(different LoRA target modules or train target). Resume with the same settings, "
+                "or start a new --output_dir."
+            )
+        for snap in state["snapshots"]:
+            for saved, live, name in zip(snap, self.params, self.names):
+                if saved.shape != live.shape:
+                    raise SSPOInputError(
+                        f"The checkpoint's reference pool has {name} of shape {tuple(saved.shape)}, "
+                        f"but this run's is {tuple(live.shape)} (another --rank?). Resume with the "
+                        "same settings, or start a new --output_dir."
+                    )
+        self.snapshots = [
+            [t.to(self.storage_device, dtype=p.dtype) for t, p in zip(snap, self.params)]
+            for snap in state["snapshots"]
+        ]
+        self.steps = list(state["steps"])
+        self.num_offered = int(state["num_offered"])
+        self.reservoir_generator.set_state(state["reservoir_generator"])
+
+    def nbytes_per_snapshot(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.params)
+
+
+# ---------------------------------------------------------------------------
+# 3. Self-sampling pipeline
+# ---------------------------------------------------------------------------
+
+
+class SSPOSelfSamplingPipeline(StableDiffusionPipeline):
+    """StableDiffusionPipeline patched for self-sampling inside the training step.
+
+    ``sample_latents`` takes the step's precomputed prompt embeddings, runs classifier-free
+    guidance as one batched UNet call per denoising step, and returns the final latent z_s
+    (no VAE decode, no safety checker, no PIL). It runs under ``torch.inference_mode()``
+    with whatever RCR snapshot is swapped in, and puts the UNet's train/eval mode back as it
+    found it. For the same seed, scheduler, steps and embeddings its latents equal the stock
+    pipeline's ``output_type="latent"`` output.
+
+    ``frames_per_prompt`` serves video UNets (b c f h w latents): prompt embeddings are then
+    repeated per frame, as UNetMotionModel requires since diffusers 0.31.
+    """
+
+    @classmethod
+    def from_training_components(cls, vae, text_encoder, tokenizer, unet, scheduler):
+        return cls(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+
+    def latent_shape(self, batch_size: int, height: int, width: int, num_frames: Optional[int] = None):
+        channels = self.unet.config.in_channels
+        h, w = height // self.vae_scale_factor, width // self.vae_scale_factor
+        if num_frames is None:
+            return (batch_size, channels, h, w)
+        return (batch_size, channels, num_frames, h, w)
+
+    @torch.inference_mode()
+    def sample_latents(
+        self,
+        prompt_embeds: torch.Tensor,
+        negative_prompt_embeds: torch.Tensor,
+        height: int,
+        width: int,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 7.5,
+        generator=None,
+        num_frames: Optional[int] = None,
+        latents: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        unet = self.unet
+        batch_size = prompt_embeds.shape[0]
+        device, dtype = prompt_embeds.device, prompt_embeds.dtype
+        if negative_prompt_embeds.shape[0] == 1 and batch_size > 1:
+            negative_prompt_embeds = negative_prompt_embeds.expand(batch_size, -1, -1)
+        do_cfg = guidance_scale > 1.0
+        embeds = torch.cat([negative_prompt_embeds, prompt_embeds]) if do_cfg else prompt_embeds
+        if num_frames is not None:
+            embeds = embeds.repeat_interleave(num_frames, dim=0)
+
+        shape = self.latent_shape(batch_size, height, width, num_frames)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        else:
+            latents = latents.to(device=device, dtype=dtype)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        latents = latents * self.scheduler.init_noise_sigma
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, 0.0)
+
+        was_training = unet.training
+        unet.eval()
+        try:
+            for t in self.scheduler.timesteps:
+                model_input = torch.cat([latents, latents]) if do_cfg else latents
+                model_input = self.scheduler.scale_model_input(model_input, t)
+                noise_pred = unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
+                if do_cfg:
+                    noise_uncond, noise_text = noise_pred.chunk(2)
+                    noise_pred = noise_uncond + guidance_scale * (noise_text - noise_uncond)
+                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+        finally:
+            unet.train(was_training)
+        return latents
+
+
+# ---------------------------------------------------------------------------
+# 4. Reproducible randomness
+# ---------------------------------------------------------------------------
+
+
+class TrainingGenerators:
+    """Dedicated CPU generators for every training-time random draw, saved in checkpoints so
+    that a resumed run draws exactly what the straight run would have drawn.
+
+    * ``rcr``: which pool entry is the reference (RCR); the same on every rank.
+    * ``noise``: timesteps t and noise eps; per rank.
+    * ``sampling``: initial latents of the self-samples x^s; per rank.
+    * ``dataloader``: the shuffle order (with accelerate's seedable sampler).
+    """
+
+    names = ("rcr", "noise", "sampling", "dataloader")
+
+    def __init__(self, seed: int, process_index: int = 0):
+        self.rcr = torch.Generator().manual_seed(seed)
+        self.noise = torch.Generator().manual_seed(seed + 1_000_003 * (process_index + 1))
+        self.sampling = torch.Generator().manual_seed(seed + 2_000_003 * (process_index + 1))
+        self.dataloader = torch.Generator().manual_seed(seed)
+
+    def state_dict(self):
+        return {name: getattr(self, name).get_state() for name in self.names}
+
+    def load_state_dict(self, state):
+        for name in self.names:
+            getattr(self, name).set_state(state[name])
+
+
+class StateDictHolder:
+    """Adapts any object with state_dict/load_state_dict (the reference pool, the generators)
+    to ``accelerator.register_for_checkpointing``, which saves them with ``save_state``."""
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def state_dict(self):
+        return self.obj.state_dict()
+
+    def load_state_dict(self, state):
+        self.obj.load_state_dict(state)
+
+
+# ---------------------------------------------------------------------------
+# 5. Checkpoints
+# ---------------------------------------------------------------------------
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+RUN_CONFIG_NAME = "sspo_run_config.json"
+
+
+def list_checkpoints(output_dir: str) -> List[str]:
+    """Complete checkpoints in ``output_dir``, oldest first. Temporary ``.tmp-checkpoint-*``
+    folders left by a killed run are not complete and never listed."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = []
+    for name in os.listdir(output_dir):
+        match = CHECKPOINT_PATTERN.match(name)
+        if match and os.path.isdir(os.path.join(output_dir, name)):
+            found.append((int(match.group(1)), name))
+    return [os.path.join(output_dir, name) for _, name in sorted(found)]
+
+
+def checkpoint_step(path: str) -> int:
+    match = CHECKPOINT_PATTERN.match(os.path.basename(os.path.normpath(path)))
+    if not match:
+        raise SSPOInputError(f"{path} is not a checkpoint folder named checkpoint-<step>.")
+    return int(match.group(1))
+
+
+def resolve_resume_checkpoint(resume_from_checkpoint: Optional[str], output_dir: str) -> Optional[str]:
+    """Path of the checkpoint to resume from: ``latest`` picks the newest complete one in
+    ``output_dir`` (None, i.e. a fresh start, when there is none)."""
+    if not resume_from_checkpoint:
+        return None
+    if resume_from_checkpoint == "latest":
+        checkpoints = list_checkpoints(output_dir)
+        return checkpoints[-1] if checkpoints else None
+    path = resume_from_checkpoint
+    if not os.path.isdir(path):
+        path = os.path.join(output_dir, resume_from_checkpoint)
+    if not os.path.isdir(path):
+        raise SSPOInputError(
+            f"--resume_from_checkpoint {resume_from_checkpoint}: no such checkpoint folder. "
+            "Pass a checkpoint-<step> folder, or 'latest'."
+        )
+    checkpoint_step(path)
+    return path
+
+
+def check_run_config(checkpoint_dir: str, run_config: Dict):
+    """Refuse a checkpoint written by an incompatible run (another LoRA rank, targets or loss),
+    with a message that says which setting differs."""
+    path = os.path.join(checkpoint_dir, RUN_CONFIG_NAME)
+    if not os.path.isfile(path):
+        raise SSPOInputError(
+            f"{checkpoint_dir} has no {RUN_CONFIG_NAME}: it was not written by an SSPO script "
+            "(or it is incomplete). Resume from another checkpoint or start a new --output_dir."
+        )
+    with open(path) as f:
+        saved = json.load(f)
+    for key, value in run_config.items():
+        if key in saved and saved[key] != value:
+            raise SSPOInputError(
+                f"{checkpoint_dir} comes from a run with {key}={saved[key]!r}, but this run has "
+                f"{key}={value!r}. Resume with the same setting, or start a new --output_dir."
+            )
+
+
+def save_checkpoint_atomically(accelerator, output_dir: str, step: int, run_config: Dict,
+                               total_limit: Optional[int] = None) -> str:
+    """``accelerator.save_state`` into a temporary folder, then an atomic rename to
+    ``checkpoint-<step>``: a run killed mid-write leaves only a ``.tmp-`` folder that
+    ``latest`` ignores. Old checkpoints are rotated out only after the new one is complete,
+    so the newest complete checkpoint is never deleted. Call on every process."""
+    final_dir = os.path.join(output_dir, f"checkpoint-{step}")
+    tmp_dir = os.path.join(output_dir, f".tmp-checkpoint-{step}")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(tmp_dir)
+    if accelerator.is_main_process:
+        with open(os.path.join(tmp_dir, RUN_CONFIG_NAME), "w") as f:
+            json.dump(run_config, f, indent=2, sort_keys=True)
+        if os.path.isdir(final_dir):
+            shutil.rmtree(final_dir)
+        os.replace(tmp_dir, final_dir)
+        if total_limit is not None:
+            checkpoints = list_checkpoints(output_dir)
+            for old in checkpoints[: max(0, len(checkpoints) - max(total_limit, 1))]:
+                logger.info(f"Removing old checkpoint {old} (--checkpoints_total_limit {total_limit})")
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final_dir
+
+
+# ---------------------------------------------------------------------------
+# 6. Model card and validation media
+# ---------------------------------------------------------------------------
+
+
+def save_model_card(
+    output_dir: str,
+    base_model: str,
+    dataset_name: Optional[str],
+    sspo_settings: Dict,
+    images: Sequence = (),
+    repo_id: Optional[str] = None,
+    pipeline_name: str = "StableDiffusionPipeline",
+    validation_prompts: Sequence[str] = (),
+    media_extension: str = "png",
+    extra_tags: Sequence[str] = (),
+) -> str:
+    """Write README.md (a Hub model card) and its preview images into ``output_dir``.
+    ``images`` are PIL images (or callables that save themselves, for GIFs)."""
+    os.makedirs(output_dir, exist_ok=True)
+    widget_lines, gallery = [], []
+    for i, image in enumerate(images):
+        file_name = f"image_{i}.{media_extension}"
+        if callable(image):
+            image(os.path.join(output_dir, file_name))
+        else:
+            image.save(os.path.join(output_dir, file_name))
+        prompt = validation_prompts[i % len(validation_prompts)] if validation_prompts else ""
+        widget_lines.append(f"- text: {json.dumps(prompt)}\n  output:\n    url: {file_name}")
+        gallery.append(f"![sample {i}: {prompt}]({file_name})")
+    tags = ["sspo", "lora", "diffusers", "text-to-image" if media_extension == "png" else "text-to-video",
+            "diffusers-training", *extra_tags]
+    front_matter = ["---", f"base_model: {base_model}", "library_name: diffusers", "license: creativeml-openrail-m",
+                    "tags:"] + [f"- {tag}" for tag in tags]
+    if dataset_name:
+        front_matter += ["datasets:", f"- {dataset_name}"]
+    if widget_lines:
+        front_matter += ["widget:"] + widget_lines
+    front_matter.append("---")
+    settings_table = "\n".join(f"| `{key}` | `{value}` |" for key, value in sspo_settings.items())
+    title = repo_id or os.path.basename(os.path.abspath(output_dir))
+    body = f"""
+# {title}
+
+SSPO (Self-Sampling Preference Optimization, [arXiv 2410.05255](https://arxiv.org/abs/2410.05255))
+LoRA weights for **{base_model}**, trained on {f"`{dataset_name}`" if dataset_name else "a local dataset"}
+from winning samples only: the losing sample of each Diffusion-DPO pair is generated by a checkpoint
+drawn at random from the run's own history (RCR), and a pair's DPO term is dropped when that
+checkpoint already denoises the winner better than the model being trained (SSR).
+
+## Samples
+
+{chr(10).join(gallery) if gallery else "No validation samples were generated for this run."}
+
+## Use
+
+```python
+import torch
+from diffusers import {pipeline_name}
+
+pipe = {pipeline_name}.from_pretrained("{base_model}", torch_dtype=torch.float16).to("cuda")
+pipe.load_lora_weights("{repo_id or output_dir}")
+```
+
+## Training settings
+
+| setting | value |
+| --- | --- |
+{settings_table}
+"""
+    card_path = os.path.join(output_dir, "README.md")
+    with open(card_path, "w") as f:
+        f.write("\n".join(front_matter) + "\n" + body)
+    return card_path
+
+
+def log_images_to_trackers(accelerator, images: Sequence, prompts: Sequence[str], phase: str, step: int):
+    """Send validation images to tensorboard and/or wandb, whichever are active."""
+    import numpy as np
+
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            stacked = np.stack([np.asarray(image) for image in images])
+            tracker.writer.add_images(phase, stacked, step, dataformats="NHWC")
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({phase: [wandb.Image(image, caption=f"{i}: {prompts[i % len(prompts)]}")
+                                 for i, image in enumerate(images)]}, step=step)
