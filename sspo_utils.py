@@ -397,20 +397,6 @@ class TrainingGenerators:
             getattr(self, name).set_state(state[name])
 
 
-class StateDictHolder:
-    """Adapts any object with state_dict/load_state_dict (the reference pool, the generators)
-    to ``accelerator.register_for_checkpointing``, which saves them with ``save_state``."""
-
-    def __init__(self, obj):
-        self.obj = obj
-
-    def state_dict(self):
-        return self.obj.state_dict()
-
-    def load_state_dict(self, state):
-        self.obj.load_state_dict(state)
-
-
 # ---------------------------------------------------------------------------
 # 5. Checkpoints
 # ---------------------------------------------------------------------------
@@ -478,8 +464,17 @@ def check_run_config(checkpoint_dir: str, run_config: Dict):
             )
 
 
+def generators_file(checkpoint_dir: str, process_index: int) -> str:
+    return os.path.join(checkpoint_dir, f"sspo_generators_rank{process_index}.pt")
+
+
+def load_generators(checkpoint_dir: str, generators: "TrainingGenerators", process_index: int):
+    """Restore this rank's dedicated generators (noise, self-sampling, RCR, dataloader)."""
+    generators.load_state_dict(torch.load(generators_file(checkpoint_dir, process_index), weights_only=True))
+
+
 def save_checkpoint_atomically(accelerator, output_dir: str, step: int, run_config: Dict,
-                               total_limit: Optional[int] = None) -> str:
+                               generators: "TrainingGenerators", total_limit: Optional[int] = None) -> str:
     """``accelerator.save_state`` into a temporary folder, then an atomic rename to
     ``checkpoint-<step>``: a run killed mid-write leaves only a ``.tmp-`` folder that
     ``latest`` ignores. Old checkpoints are rotated out only after the new one is complete,
@@ -490,6 +485,10 @@ def save_checkpoint_atomically(accelerator, output_dir: str, step: int, run_conf
         shutil.rmtree(tmp_dir, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(tmp_dir)
+    # accelerate saves registered objects from rank 0 only; the noise and sampling
+    # generators differ per rank, so each rank writes its own.
+    torch.save(generators.state_dict(), generators_file(tmp_dir, accelerator.process_index))
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         with open(os.path.join(tmp_dir, RUN_CONFIG_NAME), "w") as f:
             json.dump(run_config, f, indent=2, sort_keys=True)
@@ -594,3 +593,159 @@ def log_images_to_trackers(accelerator, images: Sequence, prompts: Sequence[str]
 
             tracker.log({phase: [wandb.Image(image, caption=f"{i}: {prompts[i % len(prompts)]}")
                                  for i, image in enumerate(images)]}, step=step)
+
+
+# ---------------------------------------------------------------------------
+# 7. LoRA save/load (final output and checkpoint hooks)
+# ---------------------------------------------------------------------------
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+
+
+def lora_layers_for_saving(model, adapter_name: str = "default") -> Dict[str, torch.Tensor]:
+    """The trained adapter in diffusers' LoRA format (what ``save_lora_weights`` expects)."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    return convert_state_dict_to_diffusers(get_peft_model_state_dict(model, adapter_name=adapter_name))
+
+
+def save_lora_atomically(pipeline_cls, output_dir: str, model, **save_kwargs) -> str:
+    """Write ``pytorch_lora_weights.safetensors`` through a temporary folder and an atomic
+    rename, so a killed run never leaves a half-written LoRA in ``output_dir``."""
+    import tempfile
+
+    os.makedirs(output_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".tmp-lora-") as tmp_dir:
+        pipeline_cls.save_lora_weights(tmp_dir, unet_lora_layers=lora_layers_for_saving(model), **save_kwargs)
+        final_path = os.path.join(output_dir, LORA_WEIGHT_NAME)
+        os.replace(os.path.join(tmp_dir, LORA_WEIGHT_NAME), final_path)
+    return final_path
+
+
+def load_lora_into_existing_adapter(pipeline_cls, model, lora_dir: str, adapter_name: str = "default"):
+    """Restore saved LoRA weights into the adapter that is already being trained.
+
+    diffusers' DPO example resumes with ``load_lora_into_unet``, which creates a *second*
+    adapter while the optimizer still holds the first, so training silently goes on with
+    stale weights. ``set_peft_model_state_dict`` fills the existing adapter instead."""
+    from diffusers.utils import convert_unet_state_dict_to_peft
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+    lora_state_dict, _ = pipeline_cls.lora_state_dict(lora_dir)
+    unet_state_dict = {k.replace("unet.", "", 1): v for k, v in lora_state_dict.items() if k.startswith("unet.")}
+    unet_state_dict = convert_unet_state_dict_to_peft(unet_state_dict)
+    expected = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    for key, tensor in expected.items():
+        saved = unet_state_dict.get(key)
+        if saved is None:
+            raise SSPOInputError(
+                f"The LoRA in {lora_dir} has no weight for {key}: it was trained on other target "
+                "modules. Resume with the same settings, or start a new --output_dir."
+            )
+        if saved.shape != tensor.shape:
+            raise SSPOInputError(
+                f"The LoRA in {lora_dir} has {key} of shape {tuple(saved.shape)}, but this run's is "
+                f"{tuple(tensor.shape)}: it was trained with another --rank. Resume with the same "
+                "--rank, or start a new --output_dir."
+            )
+    result = set_peft_model_state_dict(model, unet_state_dict, adapter_name=adapter_name)
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise SSPOInputError(f"The LoRA in {lora_dir} has weights this run does not train: {unexpected[:3]}...")
+
+
+def register_lora_checkpoint_hooks(accelerator, pipeline_cls):
+    """Make ``accelerator.save_state``/``load_state`` store the LoRA (diffusers format) instead
+    of the whole model, and restore it into the existing adapter on resume."""
+
+    def save_model_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            for saved_model in models:
+                unwrapped = accelerator.unwrap_model(saved_model)
+                pipeline_cls.save_lora_weights(output_dir, unet_lora_layers=lora_layers_for_saving(unwrapped))
+        # Pop on every rank so accelerate does not also write the full model.
+        while weights:
+            weights.pop()
+
+    def load_model_hook(models, input_dir):
+        while models:
+            loaded_model = models.pop()
+            load_lora_into_existing_adapter(pipeline_cls, accelerator.unwrap_model(loaded_model), input_dir)
+
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
+
+
+# ---------------------------------------------------------------------------
+# 8. Flag checks shared by both scripts, and clear errors
+# ---------------------------------------------------------------------------
+
+
+def check_pretrained_model(path: str, required_subfolders: Sequence[str] = ("unet", "vae", "text_encoder", "tokenizer")):
+    """Fail early, with a fix, on a local model folder that does not exist or lacks a part.
+    Hub ids ("org/name") are left to diffusers."""
+    looks_local = os.path.isabs(path) or path.startswith(".") or os.path.exists(path) or path.count("/") > 1
+    if not looks_local:
+        return
+    if not os.path.isdir(path):
+        raise SSPOInputError(
+            f"--pretrained_model_name_or_path {path}: no such folder. Pass a diffusers model folder "
+            "or a Hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5."
+        )
+    for subfolder in required_subfolders:
+        if not os.path.isdir(os.path.join(path, subfolder)):
+            raise SSPOInputError(
+                f"--pretrained_model_name_or_path {path} has no '{subfolder}' folder: it is not a "
+                "complete diffusers pipeline. Save one with pipeline.save_pretrained(path)."
+            )
+
+
+def check_xformers_available():
+    from diffusers.utils.import_utils import is_xformers_available
+
+    if not torch.cuda.is_available():
+        raise SSPOInputError(
+            "--enable_xformers_memory_efficient_attention needs a CUDA GPU; xformers kernels do not run "
+            "on CPU. Drop the flag: PyTorch's SDPA attention is the default."
+        )
+    if not is_xformers_available():
+        raise SSPOInputError(
+            "--enable_xformers_memory_efficient_attention: xformers is not installed. "
+            "Run `pip install xformers`, or drop the flag (PyTorch SDPA is the default)."
+        )
+
+
+def optimizer_class(use_8bit_adam: bool):
+    """AdamW, or bitsandbytes' 8-bit AdamW (which also runs on CPU tensors)."""
+    if not use_8bit_adam:
+        return torch.optim.AdamW
+    try:
+        import bitsandbytes as bnb
+    except ImportError as error:
+        raise SSPOInputError(
+            f"--use_8bit_adam needs bitsandbytes ({error}). Run `pip install bitsandbytes`, or drop the flag."
+        ) from error
+    return bnb.optim.AdamW8bit
+
+
+def input_error_message(error: BaseException) -> str:
+    """One line for the user. Errors raised in dataloader workers come back wrapped in
+    PyTorch's 'Caught ... in DataLoader worker' text; keep only the original message."""
+    text = str(error).strip()
+    marker = f"{SSPOInputError.__name__}: "
+    if marker in text:
+        text = text.rsplit(marker, 1)[1]
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def run_with_clear_errors(main, parse_args):
+    """Call ``main(parse_args())``; bad input (flags, data, checkpoints) ends with one
+    'error: ...' line and exit status 2 instead of a traceback."""
+    import sys
+
+    try:
+        main(parse_args())
+    except SSPOInputError as error:
+        print(f"error: {input_error_message(error)}", file=sys.stderr, flush=True)
+        sys.exit(2)
