@@ -742,10 +742,17 @@ def input_error_message(error: BaseException) -> str:
 def run_with_clear_errors(main, parse_args):
     """Call ``main(parse_args())``; bad input (flags, data, checkpoints) ends with one
     'error: ...' line and exit status 2 instead of a traceback."""
+    import gc
     import sys
 
     try:
         main(parse_args())
+        return
     except SSPOInputError as error:
-        print(f"error: {input_error_message(error)}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        message = input_error_message(error)
+        # Free main()'s frames so open progress bars close first and the error stays the last line.
+        error.__traceback__ = None
+    gc.collect()
+    sys.stderr.flush()
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
