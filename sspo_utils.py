@@ -94,7 +94,8 @@ def sspo_loss(
       * ``ssr="off"``: I = 1 always (plain DPO against the self-sample).
 
     Returns ``(loss, info)``; ``info`` holds per-sample ``ssr_indicator``, ``implicit_acc``
-    (share of samples whose model_diff < ref_diff), ``reward_margin`` and the SFT fraction.
+    (share of samples whose model_diff < ref_diff), ``reward_margin`` and ``ssr_sft_fraction``,
+    the share of samples SSR switched (I <= 0: to SFT, or for ``flip`` to a second winner).
     """
     if ssr not in SSR_MODES:
         raise ValueError(f"ssr must be one of {SSR_MODES}, got {ssr!r}")
@@ -183,6 +184,7 @@ class ReferencePool:
         self.num_offered = 0  # non-initial snapshots offered so far (reservoir counter)
         self.reservoir_generator = torch.Generator().manual_seed(seed)
         self._backup: Optional[List[torch.Tensor]] = None
+        self._swapped = False
         self.add(step=0)
 
     def __len__(self):
@@ -230,6 +232,9 @@ class ReferencePool:
     def swapped_in(self, index: int):
         """Run the block with snapshot ``index`` as the model's weights, then restore the live
         weights bit for bit."""
+        if self._swapped:
+            raise RuntimeError("ReferencePool.swapped_in is not re-entrant: the live weights are already swapped out.")
+        self._swapped = True
         with torch.no_grad():
             if self._backup is None:
                 self._backup = [torch.empty_like(p) for p in self.params]
@@ -241,6 +246,7 @@ class ReferencePool:
         finally:
             with torch.no_grad():
                 torch._foreach_copy_(live, self._backup)
+            self._swapped = False
 
     def state_dict(self) -> Dict:
         return {
@@ -259,7 +265,17 @@ class ReferencePool:
                 "(different LoRA target modules or train target). Resume with the same settings, "
                 "or start a new --output_dir."
             )
+        if self.max_snapshots is not None and len(state["snapshots"]) > self.max_snapshots:
+            raise SSPOInputError(
+                f"The checkpoint's reference pool holds {len(state['snapshots'])} snapshots, more than "
+                f"--max_snapshots {self.max_snapshots}. Resume with --max_snapshots >= {len(state['snapshots'])}."
+            )
         for snap in state["snapshots"]:
+            if len(snap) != len(self.params):
+                raise SSPOInputError(
+                    f"The checkpoint's reference pool snapshots {len(snap)} tensors, this run trains "
+                    f"{len(self.params)}. Resume with the same settings, or start a new --output_dir."
+                )
             for saved, live, name in zip(snap, self.params, self.names):
                 if saved.shape != live.shape:
                     raise SSPOInputError(

@@ -227,7 +227,7 @@ def pick_column(columns, requested, guesses, flag):
     raise SSPOInputError(f"No {flag.strip('-').replace('_', ' ')} found among columns {sorted(columns)}; pass {flag}.")
 
 
-def prepare_dataset(args, accelerator):
+def prepare_dataset(args):
     """Load the data and bring it to columns ``caption``, ``image_w`` (and ``image_l``).
     Pick-a-Pic v2 rows keep the labelled winner; ties and unlabeled rows are dropped."""
     dataset = load_raw_dataset(args)
@@ -328,7 +328,7 @@ def collate_fn(examples):
 
 def build_dataloader(args, accelerator, tokenizer, generators):
     with accelerator.main_process_first():
-        dataset, caption_column, image_columns, is_pickapic = prepare_dataset(args, accelerator)
+        dataset, caption_column, image_columns, is_pickapic = prepare_dataset(args)
     preprocess = PreprocessTrain(args, tokenizer, caption_column, image_columns, is_pickapic)
     if args.streaming:
         dataset = dataset.shuffle(seed=args.seed or 0, buffer_size=1000).map(

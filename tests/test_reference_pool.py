@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import sspo_utils
-from sspo_utils import ReferencePool
+from sspo_utils import ReferencePool, SSPOInputError
 
 
 def make_linear(seed=0, in_features=3, out_features=2):
@@ -400,3 +400,28 @@ def test_lora_unet_snapshot_zero_equals_adapters_disabled(tiny_model_dir):
     for (_, p), saved in zip(named, live):
         assert torch.equal(p, saved)
     assert torch.equal(forward(), out_perturbed)
+
+
+def test_swapped_in_is_not_reentrant_and_keeps_live_weights():
+    param = torch.nn.Parameter(torch.zeros(2))
+    pool = ReferencePool([("w", param)])
+    param.data.fill_(1.0)
+    pool.add(step=1)
+    param.data.fill_(2.0)
+    with pool.swapped_in(0):
+        with pytest.raises(RuntimeError, match="re-entrant"):
+            with pool.swapped_in(1):
+                pass
+    assert torch.equal(param.detach(), torch.full((2,), 2.0))
+    with pool.swapped_in(1):  # usable again after the outer block
+        assert torch.equal(param.detach(), torch.ones(2))
+
+
+def test_load_state_dict_refuses_pool_larger_than_max_snapshots():
+    param = torch.nn.Parameter(torch.zeros(2))
+    big = ReferencePool([("w", param)])
+    for step in range(1, 4):
+        big.add(step)
+    small = ReferencePool([("w", param)], max_snapshots=2)
+    with pytest.raises(SSPOInputError, match="--max_snapshots"):
+        small.load_state_dict(big.state_dict())

@@ -79,10 +79,10 @@ def test_latents_equal_stock_pipeline_with_cfg(stock_pipe, sampler, embeds):
     assert got.shape == (2, 4, 8, 8) == tuple(expected.shape)
     assert got.dtype == expected.dtype
     assert torch.equal(got, expected)
-    # not trivially equal: the two prompts give different latents, and the seed matters
+    # not trivially equal: the two prompts give different latents, and denoising moved them
     assert not torch.allclose(got[0], got[1])
-    other_seed = sample(sampler, embeds, guidance_scale=7.5, steps=20, seed=1)
-    assert not torch.allclose(got, other_seed)
+    initial_noise = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(got, initial_noise, atol=1e-2)
 
 
 def test_latents_equal_stock_pipeline_without_cfg(stock_pipe, sampler, embeds):
