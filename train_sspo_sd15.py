@@ -212,7 +212,7 @@ def load_raw_dataset(args):
             return load_dataset(file_format, data_files=name, split="train", streaming=args.streaming)
         return load_dataset(name, args.dataset_config_name, split=args.dataset_split_name, cache_dir=args.cache_dir,
                             streaming=args.streaming)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, ConnectionError) as error:
         raise SSPOInputError(f"Could not load --dataset_name {name} (split {args.dataset_split_name}): {error}") from error
 
 
@@ -287,11 +287,8 @@ class PreprocessTrain:
         self.keep_loser = args.loss_type == "dpo"
         self.resize = transforms.Resize(args.resolution, interpolation=transforms.InterpolationMode.BILINEAR)
         crop = transforms.RandomCrop if args.random_crop else transforms.CenterCrop
-        self.augment = transforms.Compose([
-            crop(args.resolution),
-            transforms.RandomHorizontalFlip() if args.random_flip else transforms.Lambda(lambda x: x),
-            transforms.Normalize([0.5], [0.5]),
-        ])
+        flip = [transforms.RandomHorizontalFlip()] if args.random_flip else []
+        self.augment = transforms.Compose([crop(args.resolution), *flip, transforms.Normalize([0.5], [0.5])])
         self.to_tensor = transforms.ToTensor()
 
     def __call__(self, examples):
@@ -500,7 +497,7 @@ def main(args):
         for batch in batches:
             with accelerator.accumulate(unet):
                 # RCR: one reference per optimizer step, shared by all its micro-batches.
-                if reference_index is None:
+                if reference_index is None and args.loss_type != "sft":
                     strategy = "initial" if args.loss_type == "dpo" else args.reference_strategy
                     reference_index = reference_pool.sample(strategy, generators.rcr)
                 with torch.no_grad():
@@ -554,8 +551,9 @@ def main(args):
                 global_step += 1
                 progress_bar.update(1)
                 logs = reduce_step_metrics(accelerator, step_metrics)
-                logs.update(lr=lr_scheduler.get_last_lr()[0], grad_norm=float(grad_norm), pool_size=len(reference_pool),
-                            snapshot_age=global_step - 1 - reference_pool.steps[reference_index])
+                logs.update(lr=lr_scheduler.get_last_lr()[0], grad_norm=float(grad_norm))
+                if reference_index is not None:
+                    logs.update(pool_size=len(reference_pool), snapshot_age=global_step - 1 - reference_pool.steps[reference_index])
                 progress_bar.set_postfix(loss=f"{logs['loss']:.4f}", ssr_sft=f"{logs.get('ssr_sft_fraction', 0):.2f}")
                 accelerator.log(logs, step=global_step)
                 reference_index, step_metrics = None, []
