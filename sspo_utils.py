@@ -772,3 +772,259 @@ def run_with_clear_errors(main, parse_args):
     sys.stderr.flush()
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(2)
+
+
+# ---------------------------------------------------------------------------
+# 9. Script plumbing shared by both trainers (flags, accelerator, resume, step metrics)
+# ---------------------------------------------------------------------------
+
+SELF_SAMPLE_SCHEDULER_NAMES = ("ddim", "ddpm")
+
+
+def add_shared_arguments(parser, loss_types: Sequence[str], default_output_dir: str):
+    """Flags both scripts take, named as in diffusers' examples, plus the SSPO group."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--pretrained_model_name_or_path", type=str, required=True,
+                       help="Hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5) or local diffusers folder.")
+    group.add_argument("--revision", type=str, default=None)
+    group.add_argument("--variant", type=str, default=None, help="Weights variant, e.g. fp16.")
+    group.add_argument("--rank", type=int, default=8, help="LoRA rank.")
+    group.add_argument("--lora_alpha", type=int, default=None, help="LoRA alpha (default: --rank).")
+
+    group = parser.add_argument_group("SSPO")
+    loss_help = {"sspo": "sspo: SSPO on winners", "sft": "sft: plain MSE on winners (no self-sampling)",
+                 "dpo": "dpo: Diffusion-DPO on real pairs (Pick-a-Pic jpg_0/jpg_1/label_0), base model as reference"}
+    group.add_argument("--loss_type", choices=loss_types, default="sspo",
+                       help=". ".join(loss_help[name] for name in loss_types) + ".")
+    group.add_argument("--beta_dpo", type=float, default=5000.0,
+                       help="β of the DPO/SSPO loss; the loss uses β/2 as in Diffusion-DPO's code (5000 for SD1.5).")
+    group.add_argument("--ssr", choices=SSR_MODES, default="sft",
+                       help="SSR: sft (SSPO) drops a sample's DPO term when the reference beats the policy on x^w; "
+                            "flip (SePPO v1) then counts the self-sample as a second winner; off never switches.")
+    group.add_argument("--reference_strategy", choices=REFERENCE_STRATEGIES, default="uniform",
+                       help="uniform: RCR, a uniform draw over the pool; latest: newest snapshot (SPIN-Diffusion-like); "
+                            "initial: always the base model.")
+    group.add_argument("--snapshot_steps", type=int, default=100,
+                       help="Add a snapshot of the trained weights to the reference pool every N optimizer steps.")
+    group.add_argument("--max_snapshots", type=int, default=None,
+                       help="Bound the pool to K snapshots. When full, the initial model is kept and the other slots are "
+                            "replaced by reservoir sampling, so the pool stays a uniform sample of the whole history. "
+                            "Default: unbounded (one copy of the trained weights per snapshot).")
+    group.add_argument("--snapshots_on_device", action="store_true",
+                       help="Keep pool snapshots on the accelerator instead of CPU (faster swaps, more GPU memory).")
+    group.add_argument("--self_sample_steps", type=int, default=20, help="Denoising steps of each self-sample x^s.")
+    group.add_argument("--self_sample_guidance_scale", type=float, default=7.5, help="CFG scale of self-sampling.")
+    group.add_argument("--self_sample_scheduler", choices=SELF_SAMPLE_SCHEDULER_NAMES, default="ddim",
+                       help="Sampler of self-sampling, built from the model's scheduler config.")
+
+    group = parser.add_argument_group("optimization")
+    group.add_argument("--train_batch_size", type=int, default=4)
+    group.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    group.add_argument("--num_train_epochs", type=int, default=1)
+    group.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
+    group.add_argument("--learning_rate", type=float, default=1e-5)
+    group.add_argument("--scale_lr", action="store_true",
+                       help="Multiply the lr by accumulation steps, batch size and number of processes.")
+    group.add_argument("--lr_scheduler", type=str, default="constant_with_warmup",
+                       help='"linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup".')
+    group.add_argument("--lr_warmup_steps", type=int, default=0)
+    group.add_argument("--adam_beta1", type=float, default=0.9)
+    group.add_argument("--adam_beta2", type=float, default=0.999)
+    group.add_argument("--adam_weight_decay", type=float, default=1e-2)
+    group.add_argument("--adam_epsilon", type=float, default=1e-8)
+    group.add_argument("--max_grad_norm", type=float, default=1.0)
+    group.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes' 8-bit AdamW.")
+    group.add_argument("--seed", type=int, default=None, help="Any integer, 0 included, makes the run reproducible.")
+    group.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None)
+    group.add_argument("--allow_tf32", action="store_true")
+    group.add_argument("--gradient_checkpointing", action="store_true")
+    group.add_argument("--enable_xformers_memory_efficient_attention", action="store_true")
+    group.add_argument("--dataloader_num_workers", type=int, default=0)
+
+    group = parser.add_argument_group("checkpoints, logging, validation, hub")
+    group.add_argument("--output_dir", type=str, default=default_output_dir)
+    group.add_argument("--checkpointing_steps", type=int, default=500)
+    group.add_argument("--checkpoints_total_limit", type=int, default=None)
+    group.add_argument("--resume_from_checkpoint", type=str, default=None, help='A checkpoint folder, or "latest".')
+    group.add_argument("--logging_dir", type=str, default="logs")
+    group.add_argument("--report_to", type=str, default="tensorboard", help='"tensorboard", "wandb", "all" or "none".')
+    group.add_argument("--validation_prompts", type=str, nargs="+", default=None)
+    group.add_argument("--validation_steps", type=int, default=200, help="Validate every N optimizer steps.")
+    group.add_argument("--validation_inference_steps", type=int, default=30)
+    group.add_argument("--push_to_hub", action="store_true")
+    group.add_argument("--hub_model_id", type=str, default=None)
+    group.add_argument("--hub_token", type=str, default=None)
+    return parser
+
+
+def check_shared_args(args, positive: Sequence[str] = ()):
+    """Reject nonsense values of the shared flags (and of ``positive`` script flags)."""
+    if args.resolution <= 0 or args.resolution % 8:
+        raise SSPOInputError(f"--resolution {args.resolution} must be a positive multiple of 8 (the VAE downsamples by 8).")
+    for name in ("rank", "snapshot_steps", "self_sample_steps", "train_batch_size", "gradient_accumulation_steps",
+                 "checkpointing_steps", "validation_steps", "validation_inference_steps", *positive):
+        if getattr(args, name) < 1:
+            raise SSPOInputError(f"--{name} {getattr(args, name)} must be at least 1.")
+    if args.max_snapshots is not None and args.max_snapshots < 2:
+        raise SSPOInputError(f"--max_snapshots {args.max_snapshots} cannot hold the initial model plus any other; use >= 2.")
+    if args.beta_dpo <= 0:
+        raise SSPOInputError(f"--beta_dpo {args.beta_dpo} must be positive.")
+    if args.max_train_steps is not None and args.max_train_steps < 1:
+        raise SSPOInputError(f"--max_train_steps {args.max_train_steps} must be at least 1.")
+    if args.lora_alpha is None:
+        args.lora_alpha = args.rank
+
+
+def create_accelerator(args, project_name: str):
+    """The Accelerator (seedable data order), logging, seeds and this rank's dedicated
+    generators. Also fails early on unusable optional features."""
+    import datasets
+    import diffusers
+    import transformers
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=args.output_dir,
+                                            logging_dir=os.path.join(args.output_dir, args.logging_dir)),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+    )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    for library in (datasets, transformers, diffusers):
+        if accelerator.is_local_main_process:
+            library.utils.logging.set_verbosity_warning()
+        else:
+            library.utils.logging.set_verbosity_error()
+    if args.seed is not None:
+        set_seed(args.seed)
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+    if args.enable_xformers_memory_efficient_attention:
+        check_xformers_available()
+    if args.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    generators = TrainingGenerators(args.seed if args.seed is not None else 0, accelerator.process_index)
+    return accelerator, generators
+
+
+def weight_dtype_of(accelerator) -> torch.dtype:
+    """dtype of the frozen weights; trainable weights stay fp32."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+
+
+def create_optimizer(args, parameters, num_processes: int):
+    if args.scale_lr:
+        args.learning_rate *= args.gradient_accumulation_steps * args.train_batch_size * num_processes
+    return optimizer_class(args.use_8bit_adam)(parameters, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                               weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+
+
+def prepare_for_training(args, accelerator, model, optimizer, dataloader, streaming: bool = False):
+    """LR schedule, ``accelerator.prepare``, and the step/epoch arithmetic (diffusers' rules).
+    Returns (model, optimizer, dataloader, lr_scheduler, num_update_steps_per_epoch)."""
+    from diffusers.optimization import get_scheduler
+
+    if args.max_train_steps is None:
+        if streaming:
+            raise SSPOInputError("--streaming datasets have no length: pass --max_train_steps.")
+        per_epoch = math.ceil(len(dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
+        args.max_train_steps = args.num_train_epochs * per_epoch
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
+                                 num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=args.max_train_steps * accelerator.num_processes)
+    model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
+    if streaming:
+        num_update_steps_per_epoch = None
+        args.num_train_epochs = 10**9  # a stream ends when --max_train_steps is reached
+    else:
+        num_update_steps_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
+        args.num_train_epochs = math.ceil(args.max_train_steps / num_update_steps_per_epoch)
+    return model, optimizer, dataloader, lr_scheduler, num_update_steps_per_epoch
+
+
+def run_config_of(args, keys: Sequence[str]) -> Dict:
+    """Settings a checkpoint must share with the run that resumes it."""
+    return {key: getattr(args, key) for key in keys}
+
+
+def resume_training_state(args, accelerator, generators, run_config: Dict, num_update_steps_per_epoch: Optional[int]):
+    """Restore a checkpoint if asked: accelerate state (LoRA via the hooks, optimizer, LR,
+    RNGs, the RCR pool) and this rank's generators. Returns (global_step, first_epoch,
+    micro-batches to skip in first_epoch)."""
+    resume_path = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
+    if resume_path is None:
+        if args.resume_from_checkpoint:
+            accelerator.print(f"No complete checkpoint in {args.output_dir}; starting a new run.")
+        return 0, 0, 0
+    check_run_config(resume_path, run_config)
+    accelerator.print(f"Resuming from {resume_path}")
+    accelerator.load_state(resume_path)
+    load_generators(resume_path, generators, accelerator.process_index)
+    global_step = checkpoint_step(resume_path)
+    if num_update_steps_per_epoch is None:  # streaming: no epochs to skip into
+        return global_step, 0, 0
+    first_epoch = global_step // num_update_steps_per_epoch
+    resume_batches = (global_step % num_update_steps_per_epoch) * args.gradient_accumulation_steps
+    return global_step, first_epoch, resume_batches
+
+
+def training_target(noise_scheduler, latents, noise, timesteps):
+    """eps for epsilon-prediction models, v for v-prediction models."""
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        return noise_scheduler.get_velocity(latents, noise, timesteps)
+    return noise
+
+
+def noisy_pair(noise_scheduler, latents_w, latents_l, noise, timesteps):
+    """x_t^w and x_t^s (or x_t^l) stacked in one batch, with t and eps shared within each pair
+    as in Diffusion-DPO. Returns (noisy latents, target, timesteps), each of batch 2B."""
+    latents = torch.cat([latents_w, latents_l.to(latents_w)])
+    pair_noise, pair_t = torch.cat([noise, noise]), torch.cat([timesteps, timesteps])
+    return (noise_scheduler.add_noise(latents, pair_noise, pair_t),
+            training_target(noise_scheduler, latents, pair_noise, pair_t), pair_t)
+
+
+def micro_batch_metrics(loss, info, errors):
+    """Detached per-micro-batch tensors; reduced once per optimizer step (no .item() here)."""
+    metrics = {"loss": loss.detach()}
+    for key in ("ssr_sft_fraction", "implicit_acc"):
+        if key in info:
+            metrics[key] = info[key]
+    if "reward_margin" in info:
+        metrics["reward_margin"] = info["reward_margin"].mean()
+    metrics.update({key: value.detach().mean() for key, value in errors.items()})
+    return metrics
+
+
+def reduce_step_metrics(accelerator, step_metrics):
+    """Average over the step's micro-batches and over processes; one sync per step."""
+    keys = list(step_metrics[0])
+    stacked = torch.stack([torch.stack([m[k].float() for k in keys]) for m in step_metrics]).mean(dim=0)
+    stacked = accelerator.reduce(stacked.to(accelerator.device), reduction="mean")
+    return dict(zip(keys, stacked.tolist()))
+
+
+SSPO_CARD_SETTINGS = ("loss_type", "ssr", "reference_strategy", "beta_dpo", "snapshot_steps", "max_snapshots",
+                      "self_sample_steps", "self_sample_guidance_scale", "self_sample_scheduler", "rank", "lora_alpha",
+                      "learning_rate", "train_batch_size", "gradient_accumulation_steps", "max_train_steps",
+                      "resolution", "mixed_precision", "seed")
+
+
+def create_hub_repo(args) -> Optional[str]:
+    if not args.push_to_hub:
+        return None
+    from huggingface_hub import create_repo
+
+    return create_repo(args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir)),
+                       exist_ok=True, token=args.hub_token).repo_id
+
+
+def upload_output_dir(args, repo_id: str, commit_message: str = "SSPO training output"):
+    """The LoRA (or motion adapter), the model card and its previews; no checkpoints or logs."""
+    from huggingface_hub import upload_folder
+
+    upload_folder(repo_id=repo_id, folder_path=args.output_dir, commit_message=commit_message, token=args.hub_token,
+                  ignore_patterns=["step_*", "epoch_*", "checkpoint-*", ".tmp-*", "logs/*"])

@@ -13,17 +13,12 @@ and one reference forward over the pair, and apply the SSR-gated DPO loss (``ssp
 
 import argparse
 import io
-import logging
-import math
 import os
 from contextlib import nullcontext
 
 import datasets
 import torch
-import transformers
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from datasets import load_dataset
 from peft import LoraConfig
 from PIL import Image
@@ -31,34 +26,39 @@ from torchvision import transforms
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
-import diffusers
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params
 from diffusers.utils import check_min_version
 
 from sspo_utils import (
-    REFERENCE_STRATEGIES,
-    SSR_MODES,
+    SSPO_CARD_SETTINGS,
     ReferencePool,
     SSPOInputError,
     SSPOSelfSamplingPipeline,
-    TrainingGenerators,
+    add_shared_arguments,
     check_pretrained_model,
-    check_run_config,
-    check_xformers_available,
+    check_shared_args,
+    create_accelerator,
+    create_hub_repo,
+    create_optimizer,
     dpo_loss,
-    load_generators,
     log_images_to_trackers,
-    optimizer_class,
+    micro_batch_metrics,
+    noisy_pair,
     per_sample_error,
+    prepare_for_training,
+    reduce_step_metrics,
     register_lora_checkpoint_hooks,
-    resolve_resume_checkpoint,
+    resume_training_state,
+    run_config_of,
     run_with_clear_errors,
     save_checkpoint_atomically,
     save_lora_atomically,
     save_model_card,
     sspo_loss,
+    training_target,
+    upload_output_dir,
+    weight_dtype_of,
 )
 
 
@@ -73,38 +73,7 @@ SELF_SAMPLE_SCHEDULERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
 
 def parse_args(input_args=None):
     parser = argparse.ArgumentParser(description="SSPO LoRA training for Stable Diffusion 1.5.")
-    group = parser.add_argument_group("model")
-    group.add_argument("--pretrained_model_name_or_path", type=str, required=True,
-                       help="Hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5) or local diffusers folder.")
-    group.add_argument("--revision", type=str, default=None)
-    group.add_argument("--variant", type=str, default=None, help="Weights variant, e.g. fp16.")
-    group.add_argument("--rank", type=int, default=8, help="LoRA rank.")
-    group.add_argument("--lora_alpha", type=int, default=None, help="LoRA alpha (default: --rank).")
-
-    group = parser.add_argument_group("SSPO")
-    group.add_argument("--loss_type", choices=("sspo", "sft", "dpo"), default="sspo",
-                       help="sspo: SSPO on winners. sft: plain MSE on winners (no self-sampling). "
-                            "dpo: Diffusion-DPO on real pairs (Pick-a-Pic jpg_0/jpg_1/label_0), base model as reference.")
-    group.add_argument("--beta_dpo", type=float, default=5000.0,
-                       help="β of the DPO/SSPO loss; the loss uses β/2 as in Diffusion-DPO's code (5000 for SD1.5).")
-    group.add_argument("--ssr", choices=SSR_MODES, default="sft",
-                       help="SSR: sft (SSPO) drops a sample's DPO term when the reference beats the policy on x^w; "
-                            "flip (SePPO v1) then counts the self-sample as a second winner; off never switches.")
-    group.add_argument("--reference_strategy", choices=REFERENCE_STRATEGIES, default="uniform",
-                       help="uniform: RCR, a uniform draw over the pool; latest: newest snapshot (SPIN-Diffusion-like); "
-                            "initial: always the base model.")
-    group.add_argument("--snapshot_steps", type=int, default=100,
-                       help="Add a snapshot of the LoRA weights to the reference pool every N optimizer steps.")
-    group.add_argument("--max_snapshots", type=int, default=None,
-                       help="Bound the pool to K snapshots. When full, the initial model is kept and the other slots are "
-                            "replaced by reservoir sampling, so the pool stays a uniform sample of the whole history. "
-                            "Default: unbounded (one LoRA copy per snapshot).")
-    group.add_argument("--snapshots_on_device", action="store_true",
-                       help="Keep pool snapshots on the accelerator instead of CPU (faster swaps, more GPU memory).")
-    group.add_argument("--self_sample_steps", type=int, default=20, help="Denoising steps of each self-sample x^s.")
-    group.add_argument("--self_sample_guidance_scale", type=float, default=7.5, help="CFG scale of self-sampling.")
-    group.add_argument("--self_sample_scheduler", choices=sorted(SELF_SAMPLE_SCHEDULERS), default="ddim",
-                       help="Sampler of self-sampling, built from the model's scheduler config.")
+    add_shared_arguments(parser, loss_types=("sspo", "sft", "dpo"), default_output_dir="sspo-sd15-lora")
 
     group = parser.add_argument_group("data")
     group.add_argument("--dataset_name", type=str, default=None,
@@ -125,45 +94,8 @@ def parse_args(input_args=None):
     crop.add_argument("--center_crop", action="store_true", help="Center crop (the default).")
     crop.add_argument("--random_crop", action="store_true")
     group.add_argument("--random_flip", action="store_true")
-    group.add_argument("--dataloader_num_workers", type=int, default=0)
 
-    group = parser.add_argument_group("optimization")
-    group.add_argument("--train_batch_size", type=int, default=4)
-    group.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    group.add_argument("--num_train_epochs", type=int, default=1)
-    group.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
-    group.add_argument("--learning_rate", type=float, default=1e-5)
-    group.add_argument("--scale_lr", action="store_true",
-                       help="Multiply the lr by accumulation steps, batch size and number of processes.")
-    group.add_argument("--lr_scheduler", type=str, default="constant_with_warmup",
-                       help='"linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup".')
-    group.add_argument("--lr_warmup_steps", type=int, default=0)
-    group.add_argument("--adam_beta1", type=float, default=0.9)
-    group.add_argument("--adam_beta2", type=float, default=0.999)
-    group.add_argument("--adam_weight_decay", type=float, default=1e-2)
-    group.add_argument("--adam_epsilon", type=float, default=1e-8)
-    group.add_argument("--max_grad_norm", type=float, default=1.0)
-    group.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes' 8-bit AdamW.")
-    group.add_argument("--seed", type=int, default=None, help="Any integer, 0 included, makes the run reproducible.")
-    group.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None)
-    group.add_argument("--allow_tf32", action="store_true")
-    group.add_argument("--gradient_checkpointing", action="store_true")
-    group.add_argument("--enable_xformers_memory_efficient_attention", action="store_true")
-
-    group = parser.add_argument_group("checkpoints, logging, validation, hub")
-    group.add_argument("--output_dir", type=str, default="sspo-sd15-lora")
-    group.add_argument("--checkpointing_steps", type=int, default=500)
-    group.add_argument("--checkpoints_total_limit", type=int, default=None)
-    group.add_argument("--resume_from_checkpoint", type=str, default=None, help='A checkpoint folder, or "latest".')
-    group.add_argument("--logging_dir", type=str, default="logs")
-    group.add_argument("--report_to", type=str, default="tensorboard", help='"tensorboard", "wandb", "all" or "none".')
-    group.add_argument("--validation_prompts", type=str, nargs="+", default=None)
-    group.add_argument("--validation_steps", type=int, default=200, help="Validate every N optimizer steps.")
     group.add_argument("--num_validation_images", type=int, default=2, help="Images per validation prompt.")
-    group.add_argument("--validation_inference_steps", type=int, default=30)
-    group.add_argument("--push_to_hub", action="store_true")
-    group.add_argument("--hub_model_id", type=str, default=None)
-    group.add_argument("--hub_token", type=str, default=None)
 
     args = parser.parse_args(input_args)
     env_local_rank = int(os.environ.get("LOCAL_RANK", -1))
@@ -177,21 +109,9 @@ def check_args(args):
     """Reject nonsense flag values before any model is loaded."""
     if args.dataset_name is None and args.train_data_dir is None:
         raise SSPOInputError("Pass --dataset_name (hub id, folder or parquet) or --train_data_dir (imagefolder).")
-    if args.resolution <= 0 or args.resolution % 8:
-        raise SSPOInputError(f"--resolution {args.resolution} must be a positive multiple of 8 (the VAE downsamples by 8).")
-    positive = ("rank", "snapshot_steps", "self_sample_steps", "train_batch_size", "gradient_accumulation_steps",
-                "checkpointing_steps", "validation_steps", "num_validation_images", "validation_inference_steps")
-    for name in positive:
-        if getattr(args, name) < 1:
-            raise SSPOInputError(f"--{name} {getattr(args, name)} must be at least 1.")
-    if args.max_snapshots is not None and args.max_snapshots < 2:
-        raise SSPOInputError(f"--max_snapshots {args.max_snapshots} cannot hold the initial model plus any other; use >= 2.")
-    if args.beta_dpo <= 0:
-        raise SSPOInputError(f"--beta_dpo {args.beta_dpo} must be positive.")
     if args.streaming and args.max_train_steps is None:
         raise SSPOInputError("--streaming datasets have no length: pass --max_train_steps.")
-    if args.lora_alpha is None:
-        args.lora_alpha = args.rank
+    check_shared_args(args, positive=("num_validation_images",))
 
 
 # ---------------------------------------------------------------------------
@@ -307,8 +227,7 @@ class PreprocessTrain:
             winners.append(pair[:3])
             if self.keep_loser:
                 losers.append(pair[3:])
-        input_ids = self.tokenizer(captions, max_length=self.tokenizer.model_max_length, padding="max_length",
-                                   truncation=True, return_tensors="pt").input_ids
+        input_ids = tokenize(self.tokenizer, captions)
         processed = {"pixel_values": winners, "input_ids": list(input_ids)}
         if self.keep_loser:
             processed["pixel_values_l"] = losers
@@ -357,9 +276,21 @@ def load_models(args):
     return tokenizer, text_encoder, vae, unet, noise_scheduler
 
 
+def tokenize(tokenizer, captions):
+    return tokenizer(captions, max_length=tokenizer.model_max_length, padding="max_length", truncation=True,
+                     return_tensors="pt").input_ids
+
+
 @torch.no_grad()
 def encode_prompt_ids(text_encoder, input_ids):
     return text_encoder(input_ids.to(text_encoder.device), return_dict=False)[0]
+
+
+@torch.no_grad()
+def encode_images(vae, pixel_values, weight_dtype, generator):
+    """z = vae.encode(x) * scaling_factor, sampled with a dedicated generator."""
+    pixels = pixel_values.to(vae.device, dtype=weight_dtype)
+    return vae.encode(pixels).latent_dist.sample(generator) * vae.config.scaling_factor
 
 
 def log_validation(args, accelerator, unet, vae, text_encoder, tokenizer, weight_dtype, step, phase="validation"):
@@ -367,7 +298,7 @@ def log_validation(args, accelerator, unet, vae, text_encoder, tokenizer, weight
     save them under ``output_dir/validation``. Returns the PIL images."""
     logger.info(f"Running {phase}: {args.num_validation_images} image(s) for each of {len(args.validation_prompts)} prompt(s).")
     pipeline = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=accelerator.unwrap_model(unet),
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
         scheduler=DDIMScheduler.from_pretrained(args.pretrained_model_name_or_path, subfolder="scheduler"),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
@@ -393,30 +324,12 @@ def log_validation(args, accelerator, unet, vae, text_encoder, tokenizer, weight
 
 
 def main(args):
-    logging_dir = os.path.join(args.output_dir, args.logging_dir)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=logging_dir),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
-    )
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    accelerator, generators = create_accelerator(args, "sspo-sd15")
     logger.info(accelerator.state, main_process_only=False)
-    for library in (datasets, transformers, diffusers):
-        library.utils.logging.set_verbosity_warning() if accelerator.is_local_main_process else library.utils.logging.set_verbosity_error()
-    if args.seed is not None:
-        set_seed(args.seed)
-    generators = TrainingGenerators(args.seed if args.seed is not None else 0, accelerator.process_index)
-    if accelerator.is_main_process:
-        os.makedirs(args.output_dir, exist_ok=True)
-    if args.enable_xformers_memory_efficient_attention:
-        check_xformers_available()
-    optimizer_cls = optimizer_class(args.use_8bit_adam)
 
     # Frozen base in the training dtype, LoRA adapters (the only trainable weights) in fp32.
     tokenizer, text_encoder, vae, unet, noise_scheduler = load_models(args)
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    weight_dtype = weight_dtype_of(accelerator)
     for model in (vae, text_encoder, unet):
         model.requires_grad_(False)
         model.to(accelerator.device, dtype=weight_dtype)
@@ -427,8 +340,6 @@ def main(args):
         unet.enable_xformers_memory_efficient_attention()
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    if args.allow_tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
     lora_parameters = [p for p in unet.parameters() if p.requires_grad]  # a list: clipping must not see an exhausted iterator
 
     # RCR pool: snapshot 0 is the fresh adapter (B = 0), i.e. the initial model.
@@ -437,108 +348,74 @@ def main(args):
         storage_device=accelerator.device if args.snapshots_on_device else "cpu", seed=args.seed or 0)
     self_sampler = SSPOSelfSamplingPipeline.from_training_components(
         vae, text_encoder, tokenizer, unet, SELF_SAMPLE_SCHEDULERS[args.self_sample_scheduler].from_config(noise_scheduler.config))
-    negative_prompt_embeds = encode_prompt_ids(text_encoder, tokenizer([""], max_length=tokenizer.model_max_length,
-                                                                        padding="max_length", return_tensors="pt").input_ids)
+    negative_prompt_embeds = encode_prompt_ids(text_encoder, tokenize(tokenizer, [""]))
 
-    if args.scale_lr:
-        args.learning_rate *= args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
-    optimizer = optimizer_cls(lora_parameters, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                              weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+    optimizer = create_optimizer(args, lora_parameters, accelerator.num_processes)
     train_dataloader = build_dataloader(args, accelerator, tokenizer, generators)
-    if args.max_train_steps is None:
-        num_update_steps_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
-        args.max_train_steps = args.num_train_epochs * num_update_steps_per_epoch
-    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
-                                 num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-                                 num_training_steps=args.max_train_steps * accelerator.num_processes)
-    unet, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, train_dataloader, lr_scheduler)
-    if not args.streaming:
-        num_update_steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
-        args.num_train_epochs = math.ceil(args.max_train_steps / num_update_steps_per_epoch)
-    else:
-        args.num_train_epochs = 10**9  # a stream ends when --max_train_steps is reached
+    unet, optimizer, train_dataloader, lr_scheduler, num_update_steps_per_epoch = prepare_for_training(
+        args, accelerator, unet, optimizer, train_dataloader, streaming=args.streaming)
     register_lora_checkpoint_hooks(accelerator, StableDiffusionPipeline)
     accelerator.register_for_checkpointing(reference_pool)
-    run_config = {"rank": args.rank, "lora_alpha": args.lora_alpha, "loss_type": args.loss_type,
-                  "pretrained_model_name_or_path": args.pretrained_model_name_or_path}
+    run_config = run_config_of(args, ("rank", "lora_alpha", "loss_type", "pretrained_model_name_or_path"))
     if accelerator.is_main_process:
         accelerator.init_trackers("sspo-sd15", config={k: v for k, v in vars(args).items() if not isinstance(v, list)})
+    global_step, first_epoch, resume_batches = resume_training_state(
+        args, accelerator, generators, run_config, num_update_steps_per_epoch)
 
-    global_step, first_epoch, resume_batches = 0, 0, 0
-    resume_path = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
-    if resume_path is not None:
-        check_run_config(resume_path, run_config)
-        accelerator.print(f"Resuming from {resume_path}")
-        accelerator.load_state(resume_path)
-        load_generators(resume_path, generators, accelerator.process_index)
-        global_step = int(os.path.basename(os.path.normpath(resume_path)).split("-")[1])
-        if not args.streaming:
-            first_epoch = global_step // num_update_steps_per_epoch
-            resume_batches = (global_step % num_update_steps_per_epoch) * args.gradient_accumulation_steps
-    elif args.resume_from_checkpoint:
-        accelerator.print(f"No complete checkpoint in {args.output_dir}; starting a new run.")
-
-    total_batch_size = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    logger.info(f"***** Running {args.loss_type} training *****  steps={args.max_train_steps} "
-                f"total batch={total_batch_size} (per device {args.train_batch_size} x {accelerator.num_processes} "
-                f"processes x {args.gradient_accumulation_steps} accumulation); pool: {len(reference_pool)} snapshot(s), "
-                f"{reference_pool.nbytes_per_snapshot() / 2**20:.1f} MiB each")
+    logger.info(f"***** Running {args.loss_type} training *****  steps={args.max_train_steps} total batch="
+                f"{args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps} (per device "
+                f"{args.train_batch_size} x {accelerator.num_processes} processes x {args.gradient_accumulation_steps} "
+                f"accumulation); pool: {len(reference_pool)} snapshot(s), {reference_pool.nbytes_per_snapshot() / 2**20:.1f} MiB each")
     progress_bar = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps",
                         disable=not accelerator.is_local_main_process)
     unwrapped_unet = accelerator.unwrap_model(unet)
     reference_index, step_metrics = None, []
-    validation_images = []
 
     for epoch in range(first_epoch, args.num_train_epochs):
         unet.train()
         if hasattr(train_dataloader, "set_epoch"):
             train_dataloader.set_epoch(epoch)  # shuffle order depends only on (seed, epoch)
-        batches = accelerator.skip_first_batches(train_dataloader, resume_batches) if epoch == first_epoch and resume_batches else train_dataloader
-        for batch in batches:
+        skip = resume_batches if epoch == first_epoch else 0
+        for batch in accelerator.skip_first_batches(train_dataloader, skip) if skip else train_dataloader:
             with accelerator.accumulate(unet):
                 # RCR: one reference per optimizer step, shared by all its micro-batches.
                 if reference_index is None and args.loss_type != "sft":
                     strategy = "initial" if args.loss_type == "dpo" else args.reference_strategy
                     reference_index = reference_pool.sample(strategy, generators.rcr)
                 with torch.no_grad():
-                    pixels = batch["pixel_values"].to(accelerator.device, dtype=weight_dtype)
-                    latents_w = vae.encode(pixels).latent_dist.sample(generators.noise) * vae.config.scaling_factor
+                    latents_w = encode_images(vae, batch["pixel_values"], weight_dtype, generators.noise)  # z_w
                     prompt_embeds = encode_prompt_ids(text_encoder, batch["input_ids"])
-                bsz = latents_w.shape[0]
-                # t and eps are shared by x^w and x^s (or x^l), as in Diffusion-DPO.
                 noise = torch.randn(latents_w.shape, generator=generators.noise).to(latents_w)
-                timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (bsz,),
+                timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents_w.shape[0],),
                                           generator=generators.noise).to(accelerator.device)
 
                 if args.loss_type == "sft":
                     noisy = noise_scheduler.add_noise(latents_w, noise, timesteps)
                     model_pred = unet(noisy, timesteps, prompt_embeds, return_dict=False)[0]
-                    model_err_w = per_sample_error(model_pred, training_target(noise_scheduler, latents_w, noise, timesteps))
-                    loss, info = model_err_w.mean(), {}
-                    errors = {"model_err_w": model_err_w}
+                    errors = {"model_err_w": per_sample_error(model_pred, training_target(noise_scheduler, latents_w, noise, timesteps))}
+                    loss, info = errors["model_err_w"].mean(), {}
                 else:
+                    pair_embeds = torch.cat([prompt_embeds, prompt_embeds])
+                    # Self-sampling and the reference forward both run before the policy forward: the
+                    # snapshot is swapped into the live LoRA tensors in place.
                     with reference_pool.swapped_in(reference_index):
-                        if args.loss_type == "sspo":  # x^s: a full sample from the drawn checkpoint
+                        if args.loss_type == "sspo":  # x^s: a full sample from the drawn checkpoint, kept as latents
                             latents_l = self_sampler.sample_latents(
                                 prompt_embeds, negative_prompt_embeds, args.resolution, args.resolution,
                                 args.self_sample_steps, args.self_sample_guidance_scale, generators.sampling)
-                        else:
-                            pixels_l = batch["pixel_values_l"].to(accelerator.device, dtype=weight_dtype)
-                            latents_l = vae.encode(pixels_l).latent_dist.sample(generators.noise) * vae.config.scaling_factor
-                        latents = torch.cat([latents_w, latents_l.to(latents_w)])
-                        pair_noise, pair_t, pair_embeds = noise.repeat(2, 1, 1, 1), timesteps.repeat(2), prompt_embeds.repeat(2, 1, 1)
-                        noisy = noise_scheduler.add_noise(latents, pair_noise, pair_t)
-                        target = training_target(noise_scheduler, latents, pair_noise, pair_t)
-                        with torch.no_grad():  # reference forward, before the policy forward (in-place swap)
+                        else:  # dpo: the real loser x^l
+                            latents_l = encode_images(vae, batch["pixel_values_l"], weight_dtype, generators.noise)
+                        noisy, target, pair_t = noisy_pair(noise_scheduler, latents_w, latents_l, noise, timesteps)
+                        with torch.no_grad():
                             ref_pred = unwrapped_unet(noisy, pair_t, pair_embeds, return_dict=False)[0]
-                    ref_err_w, ref_err_l = per_sample_error(ref_pred, target).chunk(2)
+                    ref_err_w, ref_err_s = per_sample_error(ref_pred, target).chunk(2)
                     model_pred = unet(noisy, pair_t, pair_embeds, return_dict=False)[0]
-                    model_err_w, model_err_l = per_sample_error(model_pred, target).chunk(2)
+                    model_err_w, model_err_s = per_sample_error(model_pred, target).chunk(2)
                     if args.loss_type == "sspo":
-                        loss, info = sspo_loss(model_err_w, model_err_l, ref_err_w, ref_err_l, args.beta_dpo, args.ssr)
+                        loss, info = sspo_loss(model_err_w, model_err_s, ref_err_w, ref_err_s, args.beta_dpo, args.ssr)
                     else:
-                        loss, info = dpo_loss(model_err_w, model_err_l, ref_err_w, ref_err_l, args.beta_dpo)
-                    errors = {"model_err_w": model_err_w, "model_err_s": model_err_l, "ref_err_w": ref_err_w, "ref_err_s": ref_err_l}
+                        loss, info = dpo_loss(model_err_w, model_err_s, ref_err_w, ref_err_s, args.beta_dpo)
+                    errors = {"model_err_w": model_err_w, "model_err_s": model_err_s, "ref_err_w": ref_err_w, "ref_err_s": ref_err_s}
 
                 accelerator.backward(loss)
                 grad_norm = accelerator.clip_grad_norm_(lora_parameters, args.max_grad_norm) if accelerator.sync_gradients else None
@@ -564,7 +441,7 @@ def main(args):
                                                       args.checkpoints_total_limit)
                     logger.info(f"Saved state to {path}")
                 if args.validation_prompts and global_step % args.validation_steps == 0 and accelerator.is_main_process:
-                    log_validation(args, accelerator, unet, vae, text_encoder, tokenizer, weight_dtype, global_step)
+                    log_validation(args, accelerator, unwrapped_unet, vae, text_encoder, tokenizer, weight_dtype, global_step)
             if global_step >= args.max_train_steps:
                 break
         if global_step >= args.max_train_steps:
@@ -574,60 +451,24 @@ def main(args):
     if accelerator.is_main_process:
         save_lora_atomically(StableDiffusionPipeline, args.output_dir, unwrapped_unet)
         logger.info(f"Saved LoRA weights to {args.output_dir}")
-        if args.validation_prompts:
-            validation_images = log_validation(args, accelerator, unet, vae, text_encoder, tokenizer, weight_dtype,
-                                               global_step, phase="final_lora")
-            unwrapped_unet.disable_adapters()
-            log_validation(args, accelerator, unet, vae, text_encoder, tokenizer, weight_dtype, global_step, phase="final_base")
-            unwrapped_unet.enable_adapters()
-        finish_run(args, validation_images)
+        finish_run(args, accelerator, unwrapped_unet, vae, text_encoder, tokenizer, weight_dtype, global_step)
     accelerator.end_training()
 
 
-def training_target(noise_scheduler, latents, noise, timesteps):
-    """eps for epsilon-prediction models, v for v-prediction models."""
-    if noise_scheduler.config.prediction_type == "v_prediction":
-        return noise_scheduler.get_velocity(latents, noise, timesteps)
-    return noise
-
-
-def micro_batch_metrics(loss, info, errors):
-    """Detached per-micro-batch tensors; reduced once per optimizer step (no .item() here)."""
-    metrics = {"loss": loss.detach()}
-    for key in ("ssr_sft_fraction", "implicit_acc"):
-        if key in info:
-            metrics[key] = info[key]
-    if "reward_margin" in info:
-        metrics["reward_margin"] = info["reward_margin"].mean()
-    metrics.update({key: value.detach().mean() for key, value in errors.items()})
-    return metrics
-
-
-def reduce_step_metrics(accelerator, step_metrics):
-    """Average over the step's micro-batches and over processes; one sync per step."""
-    keys = list(step_metrics[0])
-    stacked = torch.stack([torch.stack([m[k].float() for k in keys]) for m in step_metrics]).mean(dim=0)
-    stacked = accelerator.reduce(stacked.to(accelerator.device), reduction="mean")
-    return dict(zip(keys, stacked.tolist()))
-
-
-def finish_run(args, validation_images):
-    """Model card (always) and the Hub upload (with --push_to_hub)."""
-    repo_id = None
-    if args.push_to_hub:
-        from huggingface_hub import create_repo, upload_folder
-
-        repo_id = create_repo(args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir)),
-                              exist_ok=True, token=args.hub_token).repo_id
-    settings = {key: getattr(args, key) for key in (
-        "loss_type", "ssr", "reference_strategy", "beta_dpo", "snapshot_steps", "max_snapshots", "self_sample_steps",
-        "self_sample_guidance_scale", "self_sample_scheduler", "rank", "lora_alpha", "learning_rate", "train_batch_size",
-        "gradient_accumulation_steps", "max_train_steps", "resolution", "mixed_precision", "seed")}
+def finish_run(args, accelerator, unet, vae, text_encoder, tokenizer, weight_dtype, step):
+    """Final images with and without the LoRA (same seeds), the model card, the Hub upload."""
+    images = []
+    if args.validation_prompts:
+        images = log_validation(args, accelerator, unet, vae, text_encoder, tokenizer, weight_dtype, step, "final_lora")
+        unet.disable_adapters()
+        log_validation(args, accelerator, unet, vae, text_encoder, tokenizer, weight_dtype, step, "final_base")
+        unet.enable_adapters()
+    repo_id = create_hub_repo(args)
     save_model_card(args.output_dir, args.pretrained_model_name_or_path, args.dataset_name or args.train_data_dir,
-                    settings, validation_images, repo_id=repo_id, validation_prompts=args.validation_prompts or ())
-    if args.push_to_hub:
-        upload_folder(repo_id=repo_id, folder_path=args.output_dir, commit_message="SSPO LoRA", token=args.hub_token,
-                      ignore_patterns=["step_*", "epoch_*", "checkpoint-*", ".tmp-*", "logs/*"])
+                    {key: getattr(args, key) for key in SSPO_CARD_SETTINGS}, images, repo_id=repo_id,
+                    validation_prompts=args.validation_prompts or ())
+    if repo_id is not None:
+        upload_output_dir(args, repo_id, commit_message="SSPO LoRA")
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ def test_push_to_hub_uploads_output_dir_with_card(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub, "upload_folder", lambda **kwargs: calls.update(kwargs))
     args = train.parse_args(["--pretrained_model_name_or_path", "org/base", "--dataset_name", "org/data",
                              "--output_dir", str(tmp_path), "--push_to_hub", "--hub_model_id", "sspo-test"])
-    train.finish_run(args, validation_images=[])
+    train.finish_run(args, None, None, None, None, None, torch.float32, step=0)  # no validation prompts
     assert calls["repo_id"] == "me/sspo-test" and calls["folder_path"] == str(tmp_path)
     assert "checkpoint-*" in calls["ignore_patterns"]
     assert "# me/sspo-test" in (tmp_path / "README.md").read_text()

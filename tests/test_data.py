@@ -3,9 +3,9 @@
 import datasets
 import pytest
 import torch
-from PIL import Image
 
 import sspo_tiny
+import sspo_utils
 import train_sspo_sd15 as train
 from sspo_utils import SSPOInputError
 
@@ -127,7 +127,7 @@ def test_streaming_pickapic_yields_winners(tiny_model_dir, tokenizer, tmp_path, 
     sspo_tiny.write_pickapic_parquet(str(tmp_path), [1, 0.5, 0, 1])
     args = parse(tiny_model_dir, "--dataset_name", str(tmp_path), "--streaming", "--max_train_steps", "1",
                  "--train_batch_size", "3")
-    dataloader = train.build_dataloader(args, accelerate_state, tokenizer, train.TrainingGenerators(0))
+    dataloader = train.build_dataloader(args, accelerate_state, tokenizer, sspo_utils.TrainingGenerators(0))
     batch = next(iter(dataloader))
     assert batch["pixel_values"].shape == (3, 3, 64, 64)
 
@@ -148,6 +148,6 @@ def test_nonsense_flags_are_rejected(tiny_model_dir, tiny_imagefolder_dir, flags
 def test_seed_zero_is_a_real_seed(tiny_model_dir, tiny_imagefolder_dir):
     args = parse(tiny_model_dir, "--train_data_dir", tiny_imagefolder_dir)
     assert args.seed == 0
-    first = train.TrainingGenerators(args.seed)
-    second = train.TrainingGenerators(args.seed)
+    first = sspo_utils.TrainingGenerators(args.seed)
+    second = sspo_utils.TrainingGenerators(args.seed)
     assert torch.equal(torch.randn(3, generator=first.noise), torch.randn(3, generator=second.noise))
