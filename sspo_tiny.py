@@ -5,6 +5,9 @@ synthetic caption+image dataset, both built locally with no download.
     python sspo_tiny.py --output_dir tiny
     # -> tiny/model  (a StableDiffusionPipeline folder: --pretrained_model_name_or_path)
     #    tiny/data   (an imagefolder with metadata.jsonl: --train_data_dir)
+    python sspo_tiny.py --output_dir tiny --with_video
+    # -> also tiny/motion_adapter  (a MotionAdapter folder for the tiny UNet)
+    #         tiny/videos          (ChronoMagic layout: videos/<videoid>.mp4 + ChronoMagic_train.csv)
 
 The training scripts load these through their ordinary code paths. Tests use the same
 builders, plus ``write_pickapic_parquet`` for Pick-a-Pic-format preference data.
@@ -211,11 +214,167 @@ def write_pickapic_parquet(path, labels, split="train", seed=0, size=64, corrupt
     return path
 
 
+
+# ---------------------------------------------------------------------------
+# Video: a tiny MotionAdapter and ChronoMagic-format clips of moving shapes
+# ---------------------------------------------------------------------------
+
+DIRECTIONS = ("right", "left")
+
+
+def build_tiny_motion_adapter(path, seed=0):
+    """Save a random-weight MotionAdapter at ``path`` that fits build_tiny_components' UNet
+    (two blocks of 32/64 channels, two layers per block); returns ``path``.
+
+    ``UNetMotionModel.from_unet2d(unet, adapter)`` and ``AnimateDiffPipeline(...,
+    motion_adapter=adapter)`` accept it; clips may be up to 32 frames long."""
+    from diffusers import MotionAdapter
+
+    torch.manual_seed(seed)
+    adapter = MotionAdapter(
+        block_out_channels=(32, 64),
+        motion_layers_per_block=2,
+        motion_num_attention_heads=4,
+        motion_norm_num_groups=32,
+        motion_max_seq_length=32,
+    )
+    adapter.save_pretrained(path)
+    return path
+
+
+def moving_shape_frames(color, shape, background, num_frames, size=64, seed=0, direction="right"):
+    """``num_frames`` PIL frames of a solid ``shape`` on a solid ``background`` that moves
+    horizontally (``direction`` "right" or "left") a few pixels per frame."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    rng = random.Random(seed)
+    extent = max(2, (size * 3) // 8)  # the shape's width and height
+    margin = max(1, size // 16)
+    travel = max(0, size - extent - 2 * margin)
+    step = max(1, min(4, travel // max(1, num_frames - 1)))
+    top = rng.randint(margin, max(margin, size - extent - margin))
+    start = margin if direction == "right" else size - margin - extent
+    sign = 1 if direction == "right" else -1
+    frames = []
+    for i in range(num_frames):
+        left = start + sign * min(i * step, travel)
+        image = Image.new("RGB", (size, size), COLORS[background])
+        draw = ImageDraw.Draw(image)
+        box = (left, top, left + extent - 1, top + extent - 1)
+        if shape == "circle":
+            draw.ellipse(box, fill=COLORS[color])
+        elif shape == "square":
+            draw.rectangle(box, fill=COLORS[color])
+        else:
+            x0, y0, x1, y1 = box
+            draw.polygon([((x0 + x1) // 2, y0), (x1, y1), (x0, y1)], fill=COLORS[color])
+        frames.append(image)
+    return frames
+
+
+def _video_codec():
+    import av
+
+    try:
+        av.Codec("libx264", "w")
+        return "libx264"
+    except Exception:  # a PyAV build without libx264
+        return "mpeg4"
+
+
+def write_mp4(path, frames, fps=8):
+    """Encode PIL ``frames`` to an H.264 (libx264, yuv420p) mp4 at ``path`` with PyAV, or
+    MPEG-4 Part 2 where this PyAV build has no libx264. yuv420p needs even sizes, so an odd
+    width or height loses its last column or row. Returns ``path``."""
+    import av
+
+    if not frames:
+        raise ValueError("write_mp4 needs at least one frame")
+    width, height = frames[0].size
+    width, height = width - width % 2, height - height % 2
+    if width < 2 or height < 2:
+        raise ValueError(f"frames are too small to encode: {frames[0].size}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    codec = _video_codec()
+    with av.open(path, mode="w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": "12", "preset": "veryfast"}
+        else:
+            stream.bit_rate = 2_000_000
+        for image in frames:
+            image = image.convert("RGB")
+            if image.size != (width, height):
+                image = image.crop((0, 0, width, height))
+            for packet in stream.encode(av.VideoFrame.from_image(image)):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def synthetic_video_examples(num_videos, num_frames=16, size=64, seed=0):
+    """(caption, frames) pairs: 'a red circle moving right on a blue background' and the
+    like. ``num_frames`` is one length for all clips or a list with one per clip."""
+    lengths = list(num_frames) if isinstance(num_frames, (list, tuple)) else [num_frames] * num_videos
+    if len(lengths) != num_videos:
+        raise ValueError(f"num_frames lists {len(lengths)} lengths for {num_videos} videos")
+    rng = random.Random(seed)
+    names = list(COLORS)
+    for i, length in enumerate(lengths):
+        color, background = rng.sample(names, 2)
+        shape = rng.choice(SHAPES)
+        direction = rng.choice(DIRECTIONS)
+        caption = f"a {color} {shape} moving {direction} on a {background} background"
+        yield caption, moving_shape_frames(color, shape, background, length, size, seed + i, direction)
+
+
+def build_tiny_video_dataset(path, num_videos=8, num_frames=16, size=64, seed=0, layout="chronomagic"):
+    """mp4 clips of moving shapes with captions; returns the metadata file's path.
+
+    layout "chronomagic": ``path/videos/<videoid>.mp4`` and ``path/ChronoMagic_train.csv``
+    with columns videoid,name,is_transmit (name is the caption, is_transmit is 1).
+    layout "generic": ``path/videos/clip_<i>.mp4`` and ``path/metadata.jsonl`` with keys
+    ``file`` (relative to ``path/videos``) and ``text``.
+    ``num_frames`` is an int or a list of per-clip lengths."""
+    import csv
+
+    if layout not in ("chronomagic", "generic"):
+        raise ValueError(f"layout must be 'chronomagic' or 'generic', got {layout!r}")
+    video_dir = os.path.join(path, "videos")
+    os.makedirs(video_dir, exist_ok=True)
+    rows = []
+    for i, (caption, frames) in enumerate(synthetic_video_examples(num_videos, num_frames, size, seed)):
+        name = f"tiny{i:05d}" if layout == "chronomagic" else f"clip_{i}"
+        write_mp4(os.path.join(video_dir, name + ".mp4"), frames)
+        rows.append((name, caption))
+    if layout == "chronomagic":
+        metadata_file = os.path.join(path, "ChronoMagic_train.csv")
+        with open(metadata_file, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["videoid", "name", "is_transmit"])
+            for name, caption in rows:
+                writer.writerow([name, caption, 1])
+    else:
+        metadata_file = os.path.join(path, "metadata.jsonl")
+        with open(metadata_file, "w", encoding="utf-8") as f:
+            for name, caption in rows:
+                f.write(json.dumps({"file": name + ".mp4", "text": caption}) + "\n")
+    return metadata_file
+
 def parse_args(input_args=None):
     parser = argparse.ArgumentParser(description="Build the tiny offline SSPO default (model + data).")
     parser.add_argument("--output_dir", default="tiny_sspo", help="Writes <output_dir>/model and <output_dir>/data.")
     parser.add_argument("--num_examples", type=int, default=64, help="Synthetic caption+image pairs.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--with_video",
+        action="store_true",
+        help="Also write <output_dir>/motion_adapter (a tiny MotionAdapter for the tiny UNet) and "
+        "<output_dir>/videos (ChronoMagic layout: 8 mp4 clips of 16 frames plus ChronoMagic_train.csv).",
+    )
     return parser.parse_args(input_args)
 
 
@@ -224,3 +383,9 @@ if __name__ == "__main__":
     model_dir = build_tiny_pipeline(os.path.join(args.output_dir, "model"), seed=args.seed)
     data_dir = build_tiny_imagefolder(os.path.join(args.output_dir, "data"), args.num_examples, args.seed)
     print(f"tiny model: {model_dir}\ntiny data:  {data_dir}")
+    if args.with_video:
+        adapter_dir = build_tiny_motion_adapter(os.path.join(args.output_dir, "motion_adapter"), seed=args.seed)
+        video_csv = build_tiny_video_dataset(
+            os.path.join(args.output_dir, "videos"), num_videos=8, num_frames=16, seed=args.seed
+        )
+        print(f"tiny motion adapter: {adapter_dir}\ntiny videos: {video_csv}")

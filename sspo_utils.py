@@ -310,7 +310,7 @@ class SSPOSelfSamplingPipeline(StableDiffusionPipeline):
     found it. For the same seed, scheduler, steps and embeddings its latents equal the stock
     pipeline's ``output_type="latent"`` output.
 
-    ``frames_per_prompt`` serves video UNets (b c f h w latents): prompt embeddings are then
+    ``num_frames`` serves video UNets (b c f h w latents): prompt embeddings are then
     repeated per frame, as UNetMotionModel requires since diffusers 0.31.
     """
 
@@ -536,6 +536,7 @@ def save_model_card(
     validation_prompts: Sequence[str] = (),
     media_extension: str = "png",
     extra_tags: Sequence[str] = (),
+    usage_code: Optional[str] = None,
 ) -> str:
     """Write README.md (a Hub model card) and its preview images into ``output_dir``.
     ``images`` are PIL images (or callables that save themselves, for GIFs)."""
@@ -561,6 +562,9 @@ def save_model_card(
     front_matter.append("---")
     settings_table = "\n".join(f"| `{key}` | `{value}` |" for key, value in sspo_settings.items())
     title = repo_id or os.path.basename(os.path.abspath(output_dir))
+    default_usage = (f"import torch\nfrom diffusers import {pipeline_name}\n\n"
+                     f"pipe = {pipeline_name}.from_pretrained(\"{base_model}\", torch_dtype=torch.float16).to(\"cuda\")\n"
+                     f"pipe.load_lora_weights(\"{repo_id or output_dir}\")")
     body = f"""
 # {title}
 
@@ -577,11 +581,7 @@ checkpoint already denoises the winner better than the model being trained (SSR)
 ## Use
 
 ```python
-import torch
-from diffusers import {pipeline_name}
-
-pipe = {pipeline_name}.from_pretrained("{base_model}", torch_dtype=torch.float16).to("cuda")
-pipe.load_lora_weights("{repo_id or output_dir}")
+{usage_code or default_usage}
 ```
 
 ## Training settings
@@ -609,6 +609,50 @@ def log_images_to_trackers(accelerator, images: Sequence, prompts: Sequence[str]
 
             tracker.log({phase: [wandb.Image(image, caption=f"{i}: {prompts[i % len(prompts)]}")
                                  for i, image in enumerate(images)]}, step=step)
+
+
+def save_video(frames: Sequence, path: str, fps: int = 8):
+    """Write PIL frames as .gif (Pillow) or .mp4 (PyAV, H.264 when available)."""
+    if path.endswith(".gif"):
+        frames[0].save(path, save_all=True, append_images=list(frames[1:]), duration=int(1000 / fps), loop=0)
+        return path
+    import av
+    import numpy as np
+
+    width, height = (frames[0].width // 2) * 2, (frames[0].height // 2) * 2  # yuv420p wants even sizes
+    with av.open(path, mode="w") as container:
+        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for frame in frames:
+            array = np.asarray(frame.convert("RGB"))[:height, :width]
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def log_videos_to_trackers(accelerator, videos: Sequence[Sequence], prompts: Sequence[str], phase: str, step: int,
+                           fps: int = 8):
+    """Send validation videos (lists of PIL frames) to tensorboard (``add_video``, which needs
+    moviepy; without it the frames go as an image strip) and/or wandb (``wandb.Video``)."""
+    import numpy as np
+
+    clips = np.stack([np.stack([np.asarray(frame.convert("RGB")) for frame in video]) for video in videos])  # n t h w c
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            try:
+                from moviepy import editor  # noqa: F401  (what tensorboard's add_video needs)
+
+                tracker.writer.add_video(phase, clips.transpose(0, 1, 4, 2, 3), step, fps=fps)
+            except ImportError:
+                logger.warning("moviepy is not installed: logging validation videos to tensorboard as frame strips.")
+                tracker.writer.add_images(phase, np.concatenate(list(clips), axis=2), step, dataformats="NHWC")
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({phase: [wandb.Video(clip.transpose(0, 3, 1, 2), fps=fps, format="gif",
+                                             caption=f"{i}: {prompts[i % len(prompts)]}") for i, clip in enumerate(clips)]},
+                        step=step)
 
 
 # ---------------------------------------------------------------------------
@@ -671,26 +715,33 @@ def load_lora_into_existing_adapter(pipeline_cls, model, lora_dir: str, adapter_
         raise SSPOInputError(f"The LoRA in {lora_dir} has weights this run does not train: {unexpected[:3]}...")
 
 
-def register_lora_checkpoint_hooks(accelerator, pipeline_cls):
-    """Make ``accelerator.save_state``/``load_state`` store the LoRA (diffusers format) instead
-    of the whole model, and restore it into the existing adapter on resume."""
+def register_checkpoint_hooks(accelerator, save_trained, load_trained):
+    """Make ``accelerator.save_state``/``load_state`` store only what trains, through
+    ``save_trained(model, dir)`` and ``load_trained(model, dir)``, instead of the whole model."""
 
     def save_model_hook(models, weights, output_dir):
         if accelerator.is_main_process:
             for saved_model in models:
-                unwrapped = accelerator.unwrap_model(saved_model)
-                pipeline_cls.save_lora_weights(output_dir, unet_lora_layers=lora_layers_for_saving(unwrapped))
+                save_trained(accelerator.unwrap_model(saved_model), output_dir)
         # Pop on every rank so accelerate does not also write the full model.
         while weights:
             weights.pop()
 
     def load_model_hook(models, input_dir):
         while models:
-            loaded_model = models.pop()
-            load_lora_into_existing_adapter(pipeline_cls, accelerator.unwrap_model(loaded_model), input_dir)
+            load_trained(accelerator.unwrap_model(models.pop()), input_dir)
 
     accelerator.register_save_state_pre_hook(save_model_hook)
     accelerator.register_load_state_pre_hook(load_model_hook)
+
+
+def register_lora_checkpoint_hooks(accelerator, pipeline_cls):
+    """Checkpoints hold the LoRA (diffusers format); resume restores it into the existing adapter."""
+    register_checkpoint_hooks(
+        accelerator,
+        lambda model, directory: pipeline_cls.save_lora_weights(directory, unet_lora_layers=lora_layers_for_saving(model)),
+        lambda model, directory: load_lora_into_existing_adapter(pipeline_cls, model, directory),
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -1028,3 +1079,81 @@ def upload_output_dir(args, repo_id: str, commit_message: str = "SSPO training o
 
     upload_folder(repo_id=repo_id, folder_path=args.output_dir, commit_message=commit_message, token=args.hub_token,
                   ignore_patterns=["step_*", "epoch_*", "checkpoint-*", ".tmp-*", "logs/*"])
+
+
+def load_base_components(args, **scheduler_overrides):
+    """Tokenizer, text encoder, VAE, 2D UNet and the DDPM training scheduler of an SD1.5-family
+    base (hub id or local folder), with a clear error when something is missing."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    check_pretrained_model(args.pretrained_model_name_or_path)
+    path, revision, variant = args.pretrained_model_name_or_path, args.revision, args.variant
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", revision=revision)
+        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", revision=revision, variant=variant)
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", revision=revision, variant=variant)
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", revision=revision, variant=variant)
+        noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", **scheduler_overrides)
+    except OSError as error:
+        raise SSPOInputError(f"Could not load the model {path}: {str(error).splitlines()[0]}") from error
+    return tokenizer, text_encoder, vae, unet, noise_scheduler
+
+
+def self_sample_scheduler(args, noise_scheduler):
+    """The self-sampler's own scheduler instance (DDIM or DDPM) from the training scheduler's config."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    return {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}[args.self_sample_scheduler].from_config(noise_scheduler.config)
+
+
+def tokenize(tokenizer, captions):
+    return tokenizer(list(captions), max_length=tokenizer.model_max_length, padding="max_length", truncation=True,
+                     return_tensors="pt").input_ids
+
+
+@torch.no_grad()
+def encode_prompt_ids(text_encoder, input_ids):
+    return text_encoder(input_ids.to(text_encoder.device), return_dict=False)[0]
+
+
+def draw_noise_and_timesteps(noise_scheduler, latents, generator):
+    """eps ~ N(0, I) and t ~ U{0..T-1} from the dedicated noise generator (saved in checkpoints)."""
+    noise = torch.randn(latents.shape, generator=generator).to(latents)
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
+    return noise, timesteps.to(latents.device)
+
+
+def log_optimizer_step(accelerator, progress_bar, step_metrics, global_step, lr_scheduler, grad_norm,
+                       reference_pool=None, reference_index=None) -> Dict:
+    """Reduce the step's metrics, add lr, grad_norm, pool size and the age of the RCR draw,
+    update the progress bar and send everything to the trackers."""
+    logs = reduce_step_metrics(accelerator, step_metrics)
+    logs.update(lr=lr_scheduler.get_last_lr()[0], grad_norm=float(grad_norm))
+    if reference_index is not None:
+        logs.update(pool_size=len(reference_pool), snapshot_age=global_step - 1 - reference_pool.steps[reference_index])
+    progress_bar.update(1)
+    progress_bar.set_postfix(loss=f"{logs['loss']:.4f}", ssr_sft=f"{logs.get('ssr_sft_fraction', 0):.2f}")
+    accelerator.log(logs, step=global_step)
+    return logs
+
+
+def snapshot_and_checkpoint(args, accelerator, global_step, reference_pool, generators, run_config):
+    """After an optimizer step: offer a snapshot to the RCR pool every --snapshot_steps (SSPO
+    only), and write a checkpoint every --checkpointing_steps (after the snapshot, so the
+    checkpoint's pool includes it)."""
+    if args.loss_type == "sspo" and global_step % args.snapshot_steps == 0:
+        reference_pool.add(global_step)
+    if global_step % args.checkpointing_steps == 0:
+        path = save_checkpoint_atomically(accelerator, args.output_dir, global_step, run_config, generators,
+                                          args.checkpoints_total_limit)
+        logger.info(f"Saved state to {path}")
+
+
+def log_run_header(args, accelerator, reference_pool):
+    logger.info(
+        f"***** Running {args.loss_type} training *****  steps={args.max_train_steps} total batch="
+        f"{args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps} (per device "
+        f"{args.train_batch_size} x {accelerator.num_processes} processes x {args.gradient_accumulation_steps} "
+        f"accumulation); pool: {len(reference_pool)} snapshot(s), {reference_pool.nbytes_per_snapshot() / 2**20:.1f} MiB each"
+    )

@@ -24,9 +24,8 @@ from peft import LoraConfig
 from PIL import Image
 from torchvision import transforms
 from tqdm.auto import tqdm
-from transformers import CLIPTextModel, CLIPTokenizer
 
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import DDIMScheduler, StableDiffusionPipeline
 from diffusers.training_utils import cast_training_params
 from diffusers.utils import check_min_version
 
@@ -36,26 +35,31 @@ from sspo_utils import (
     SSPOInputError,
     SSPOSelfSamplingPipeline,
     add_shared_arguments,
-    check_pretrained_model,
     check_shared_args,
     create_accelerator,
     create_hub_repo,
     create_optimizer,
     dpo_loss,
+    draw_noise_and_timesteps,
+    encode_prompt_ids,
+    load_base_components,
     log_images_to_trackers,
+    log_optimizer_step,
+    log_run_header,
     micro_batch_metrics,
     noisy_pair,
     per_sample_error,
     prepare_for_training,
-    reduce_step_metrics,
     register_lora_checkpoint_hooks,
     resume_training_state,
     run_config_of,
     run_with_clear_errors,
-    save_checkpoint_atomically,
     save_lora_atomically,
     save_model_card,
+    self_sample_scheduler,
+    snapshot_and_checkpoint,
     sspo_loss,
+    tokenize,
     training_target,
     upload_output_dir,
     weight_dtype_of,
@@ -68,7 +72,6 @@ logger = get_logger(__name__, log_level="INFO")
 PICKAPIC_COLUMNS = ("jpg_0", "jpg_1", "label_0")
 CAPTION_COLUMN_GUESSES = ("caption", "text", "prompt")
 IMAGE_COLUMN_GUESSES = ("image", "jpg", "img")
-SELF_SAMPLE_SCHEDULERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
 
 
 def parse_args(input_args=None):
@@ -262,30 +265,6 @@ def build_dataloader(args, accelerator, tokenizer, generators):
 # ---------------------------------------------------------------------------
 
 
-def load_models(args):
-    check_pretrained_model(args.pretrained_model_name_or_path)
-    path, revision, variant = args.pretrained_model_name_or_path, args.revision, args.variant
-    try:
-        tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", revision=revision)
-        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", revision=revision, variant=variant)
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", revision=revision, variant=variant)
-        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", revision=revision, variant=variant)
-        noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
-    except OSError as error:
-        raise SSPOInputError(f"Could not load the model {path}: {str(error).splitlines()[0]}") from error
-    return tokenizer, text_encoder, vae, unet, noise_scheduler
-
-
-def tokenize(tokenizer, captions):
-    return tokenizer(captions, max_length=tokenizer.model_max_length, padding="max_length", truncation=True,
-                     return_tensors="pt").input_ids
-
-
-@torch.no_grad()
-def encode_prompt_ids(text_encoder, input_ids):
-    return text_encoder(input_ids.to(text_encoder.device), return_dict=False)[0]
-
-
 @torch.no_grad()
 def encode_images(vae, pixel_values, weight_dtype, generator):
     """z = vae.encode(x) * scaling_factor, sampled with a dedicated generator."""
@@ -328,7 +307,7 @@ def main(args):
     logger.info(accelerator.state, main_process_only=False)
 
     # Frozen base in the training dtype, LoRA adapters (the only trainable weights) in fp32.
-    tokenizer, text_encoder, vae, unet, noise_scheduler = load_models(args)
+    tokenizer, text_encoder, vae, unet, noise_scheduler = load_base_components(args)
     weight_dtype = weight_dtype_of(accelerator)
     for model in (vae, text_encoder, unet):
         model.requires_grad_(False)
@@ -347,7 +326,7 @@ def main(args):
         [(n, p) for n, p in unet.named_parameters() if p.requires_grad], max_snapshots=args.max_snapshots,
         storage_device=accelerator.device if args.snapshots_on_device else "cpu", seed=args.seed or 0)
     self_sampler = SSPOSelfSamplingPipeline.from_training_components(
-        vae, text_encoder, tokenizer, unet, SELF_SAMPLE_SCHEDULERS[args.self_sample_scheduler].from_config(noise_scheduler.config))
+        vae, text_encoder, tokenizer, unet, self_sample_scheduler(args, noise_scheduler))
     negative_prompt_embeds = encode_prompt_ids(text_encoder, tokenize(tokenizer, [""]))
 
     optimizer = create_optimizer(args, lora_parameters, accelerator.num_processes)
@@ -362,10 +341,7 @@ def main(args):
     global_step, first_epoch, resume_batches = resume_training_state(
         args, accelerator, generators, run_config, num_update_steps_per_epoch)
 
-    logger.info(f"***** Running {args.loss_type} training *****  steps={args.max_train_steps} total batch="
-                f"{args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps} (per device "
-                f"{args.train_batch_size} x {accelerator.num_processes} processes x {args.gradient_accumulation_steps} "
-                f"accumulation); pool: {len(reference_pool)} snapshot(s), {reference_pool.nbytes_per_snapshot() / 2**20:.1f} MiB each")
+    log_run_header(args, accelerator, reference_pool)
     progress_bar = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps",
                         disable=not accelerator.is_local_main_process)
     unwrapped_unet = accelerator.unwrap_model(unet)
@@ -385,9 +361,7 @@ def main(args):
                 with torch.no_grad():
                     latents_w = encode_images(vae, batch["pixel_values"], weight_dtype, generators.noise)  # z_w
                     prompt_embeds = encode_prompt_ids(text_encoder, batch["input_ids"])
-                noise = torch.randn(latents_w.shape, generator=generators.noise).to(latents_w)
-                timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents_w.shape[0],),
-                                          generator=generators.noise).to(accelerator.device)
+                noise, timesteps = draw_noise_and_timesteps(noise_scheduler, latents_w, generators.noise)
 
                 if args.loss_type == "sft":
                     noisy = noise_scheduler.add_noise(latents_w, noise, timesteps)
@@ -426,20 +400,10 @@ def main(args):
 
             if accelerator.sync_gradients:
                 global_step += 1
-                progress_bar.update(1)
-                logs = reduce_step_metrics(accelerator, step_metrics)
-                logs.update(lr=lr_scheduler.get_last_lr()[0], grad_norm=float(grad_norm))
-                if reference_index is not None:
-                    logs.update(pool_size=len(reference_pool), snapshot_age=global_step - 1 - reference_pool.steps[reference_index])
-                progress_bar.set_postfix(loss=f"{logs['loss']:.4f}", ssr_sft=f"{logs.get('ssr_sft_fraction', 0):.2f}")
-                accelerator.log(logs, step=global_step)
+                log_optimizer_step(accelerator, progress_bar, step_metrics, global_step, lr_scheduler, grad_norm,
+                                   reference_pool, reference_index)
                 reference_index, step_metrics = None, []
-                if args.loss_type == "sspo" and global_step % args.snapshot_steps == 0:
-                    reference_pool.add(global_step)
-                if global_step % args.checkpointing_steps == 0:
-                    path = save_checkpoint_atomically(accelerator, args.output_dir, global_step, run_config, generators,
-                                                      args.checkpoints_total_limit)
-                    logger.info(f"Saved state to {path}")
+                snapshot_and_checkpoint(args, accelerator, global_step, reference_pool, generators, run_config)
                 if args.validation_prompts and global_step % args.validation_steps == 0 and accelerator.is_main_process:
                     log_validation(args, accelerator, unwrapped_unet, vae, text_encoder, tokenizer, weight_dtype, global_step)
             if global_step >= args.max_train_steps:

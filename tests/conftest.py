@@ -28,3 +28,10 @@ def tiny_imagefolder_dir(tmp_path_factory):
     """Imagefolder dataset (PNGs + metadata.jsonl with a ``text`` column), 16 examples."""
     path = tmp_path_factory.mktemp("tiny_data") / "data"
     return str(sspo_tiny.build_tiny_imagefolder(str(path), num_examples=16))
+
+
+@pytest.fixture(scope="session")
+def tiny_motion_adapter_dir(tmp_path_factory):
+    """Folder of a tiny random-weight MotionAdapter that fits the tiny model's UNet."""
+    path = tmp_path_factory.mktemp("tiny_motion_adapter") / "motion_adapter"
+    return str(sspo_tiny.build_tiny_motion_adapter(str(path)))

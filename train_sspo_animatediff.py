@@ -1,0 +1,492 @@
+#!/usr/bin/env python
+# Copyright 2026 The SSPO reference implementation authors. Apache-2.0.
+"""SSPO (Self-Sampling Preference Optimization, arXiv 2410.05255) for AnimateDiff text-to-video,
+trained from winning clips only (e.g. MagicTime's ChronoMagic time-lapses).
+
+Per step: draw a reference from the RCR pool, let it generate a self-sample video x^s for each
+caption (latents b c f h w), noise the winner clip x^w and x^s with a shared (t, eps), run one
+policy and one reference forward over the pair (text embeddings repeated per frame), and apply
+the SSR-gated DPO loss. ``--loss_type sft`` is plain fine-tuning on the clips.
+
+    accelerate launch train_sspo_animatediff.py --pretrained_model_name_or_path ... \
+        --motion_adapter_name_or_path guoyww/animatediff-motion-adapter-v1-5-2 --video_folder ... --metadata_file ...
+"""
+
+import argparse
+import csv
+import io
+import json
+import os
+import tempfile
+
+import numpy as np
+import torch
+from accelerate.logging import get_logger
+from peft import LoraConfig
+from torchvision import transforms
+from tqdm.auto import tqdm
+
+from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter, UNetMotionModel
+from diffusers.training_utils import cast_training_params
+from diffusers.utils import check_min_version
+
+from sspo_utils import (
+    SSPO_CARD_SETTINGS,
+    ReferencePool,
+    SSPOInputError,
+    SSPOSelfSamplingPipeline,
+    add_shared_arguments,
+    check_shared_args,
+    create_accelerator,
+    create_hub_repo,
+    create_optimizer,
+    draw_noise_and_timesteps,
+    encode_prompt_ids,
+    load_base_components,
+    log_optimizer_step,
+    log_run_header,
+    log_videos_to_trackers,
+    micro_batch_metrics,
+    noisy_pair,
+    per_sample_error,
+    prepare_for_training,
+    register_checkpoint_hooks,
+    register_lora_checkpoint_hooks,
+    resume_training_state,
+    run_config_of,
+    run_with_clear_errors,
+    save_lora_atomically,
+    save_model_card,
+    save_video,
+    self_sample_scheduler,
+    snapshot_and_checkpoint,
+    sspo_loss,
+    tokenize,
+    training_target,
+    upload_output_dir,
+    weight_dtype_of,
+)
+
+
+check_min_version("0.42.0")
+logger = get_logger(__name__, log_level="INFO")
+
+MOTION_ATTENTION = r".*motion_modules.*\.(to_q|to_k|to_v|to_out\.0)"
+ALL_ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
+VIDEO_COLUMN_GUESSES = ("video", "file", "path", "videoid", "video_path")
+CAPTION_COLUMN_GUESSES = ("name", "caption", "text", "prompt")
+
+
+def parse_args(input_args=None):
+    parser = argparse.ArgumentParser(description="SSPO training for AnimateDiff (text-to-video).")
+    add_shared_arguments(parser, loss_types=("sspo", "sft"), default_output_dir="sspo-animatediff")
+    group = parser.add_argument_group("AnimateDiff")
+    group.add_argument("--motion_adapter_name_or_path", type=str, required=True,
+                       help="e.g. guoyww/animatediff-motion-adapter-v1-5-2, or a local MotionAdapter folder.")
+    group.add_argument("--train_target", choices=("motion_lora", "lora", "motion_modules"), default="motion_lora",
+                       help="motion_lora: LoRA on motion-module attention only. lora: LoRA on spatial and motion attention. "
+                            "motion_modules: full fine-tuning of the motion modules (~450M parameters for a real adapter: "
+                            "each pool snapshot is a full copy, so keep snapshots on CPU and bound --max_snapshots).")
+    group.add_argument("--beta_schedule", type=str, default="linear",
+                       help="Noise schedule of training and self-sampling; AnimateDiff uses linear 0.00085-0.012.")
+
+    group = parser.add_argument_group("data")
+    group.add_argument("--video_folder", type=str, default=None, help="Folder the metadata's video paths are relative to.")
+    group.add_argument("--metadata_file", type=str, default=None,
+                       help="CSV or JSONL. ChronoMagic (videoid,name) is detected: the clip is <video_folder>/<videoid>.mp4.")
+    group.add_argument("--dataset_name", type=str, default=None,
+                       help="A datasets hub id or folder with a video path or bytes column (instead of --metadata_file).")
+    group.add_argument("--dataset_config_name", type=str, default=None)
+    group.add_argument("--dataset_split_name", type=str, default="train")
+    group.add_argument("--cache_dir", type=str, default=None)
+    group.add_argument("--video_column", type=str, default=None, help="Default: video, file, path or videoid.")
+    group.add_argument("--caption_column", type=str, default=None, help="Default: name, caption, text or prompt.")
+    group.add_argument("--max_train_samples", type=int, default=None)
+    group.add_argument("--num_frames", type=int, default=16)
+    group.add_argument("--sample_stride", type=int, default=4,
+                       help="Frame stride; shortened for clips shorter than (num_frames-1)*stride+1 frames.")
+    group.add_argument("--resolution", type=int, default=256)
+    group.add_argument("--random_crop", action="store_true", help="Random instead of center crop.")
+    group.add_argument("--random_flip", action="store_true")
+    group.add_argument("--on_bad_sample", choices=("error", "skip"), default="error",
+                       help="A clip that is undecodable or has fewer than --num_frames frames: stop with an error "
+                            "naming the file, or skip it (another clip is drawn; the count is logged).")
+    group.add_argument("--num_validation_videos", type=int, default=1, help="Videos per validation prompt.")
+    group.add_argument("--validation_fps", type=int, default=8)
+
+    args = parser.parse_args(input_args)
+    if args.metadata_file is None and args.dataset_name is None:
+        raise SSPOInputError("Pass --video_folder with --metadata_file (CSV/JSONL), or --dataset_name.")
+    if args.metadata_file is not None and not os.path.isfile(args.metadata_file):
+        raise SSPOInputError(f"--metadata_file {args.metadata_file}: no such file.")
+    if args.video_folder is not None and not os.path.isdir(args.video_folder):
+        raise SSPOInputError(f"--video_folder {args.video_folder}: no such folder.")
+    check_shared_args(args, positive=("num_frames", "sample_stride", "num_validation_videos", "validation_fps"))
+    return args
+
+
+# ---------------------------------------------------------------------------
+# Data: winning clips x^w, sampled as in AnimateDiff's trainer, decoded with PyAV
+# ---------------------------------------------------------------------------
+
+
+def read_metadata(path):
+    """Rows of a CSV or JSONL metadata file, as dicts."""
+    with open(path, newline="", encoding="utf-8") as f:
+        if path.endswith((".jsonl", ".json")):
+            rows = [json.loads(line) for line in f if line.strip()]
+        else:
+            rows = list(csv.DictReader(f))
+    if not rows:
+        raise SSPOInputError(f"--metadata_file {path} has no rows.")
+    return rows
+
+
+def pick_column(columns, requested, guesses, flag):
+    if requested is not None:
+        if requested not in columns:
+            raise SSPOInputError(f"{flag} {requested!r} is not a metadata column; columns are {sorted(columns)}.")
+        return requested
+    for guess in guesses:
+        if guess in columns:
+            return guess
+    raise SSPOInputError(f"No {flag.strip('-').replace('_', ' ')} found among columns {sorted(columns)}; pass {flag}.")
+
+
+def load_video_records(args):
+    """(video source, caption) pairs. A source is a file path or raw bytes."""
+    if args.metadata_file is not None:
+        rows = read_metadata(args.metadata_file)
+        columns = list(rows[0])
+        chronomagic = {"videoid", "name"} <= set(columns) and args.video_column is None
+        video_column = "videoid" if chronomagic else pick_column(columns, args.video_column, VIDEO_COLUMN_GUESSES, "--video_column")
+        caption_column = pick_column(columns, args.caption_column, CAPTION_COLUMN_GUESSES, "--caption_column")
+        folder = args.video_folder or os.path.dirname(os.path.abspath(args.metadata_file))
+        suffix = ".mp4" if chronomagic else ""
+        records = [(os.path.join(folder, f"{row[video_column]}{suffix}"), row[caption_column] or "") for row in rows]
+        logger.info(f"{'ChronoMagic' if chronomagic else 'Generic'} metadata: {len(records)} clips from {args.metadata_file}")
+    else:
+        from datasets import load_dataset
+
+        try:
+            dataset = load_dataset(args.dataset_name, args.dataset_config_name, split=args.dataset_split_name,
+                                   cache_dir=args.cache_dir)
+        except (FileNotFoundError, ValueError, ConnectionError) as error:
+            raise SSPOInputError(f"Could not load --dataset_name {args.dataset_name}: {error}") from error
+        columns = dataset.column_names
+        video_column = pick_column(columns, args.video_column, VIDEO_COLUMN_GUESSES, "--video_column")
+        caption_column = pick_column(columns, args.caption_column, CAPTION_COLUMN_GUESSES, "--caption_column")
+        records = []
+        for video, caption in zip(dataset[video_column], dataset[caption_column]):
+            if isinstance(video, dict):  # datasets' {"bytes", "path"} encoding
+                video = video.get("bytes") or video.get("path")
+            if isinstance(video, str) and args.video_folder and not os.path.isabs(video):
+                video = os.path.join(args.video_folder, video)
+            records.append((video, caption or ""))
+    if args.max_train_samples is not None:
+        records = records[: args.max_train_samples]
+    if not records:
+        raise SSPOInputError("The training data is empty; check --metadata_file / --dataset_name.")
+    return records
+
+
+def sample_frame_indices(video_length, num_frames, stride, rng):
+    """AnimateDiff's rule: a clip of (num_frames-1)*stride+1 frames from a random start, with
+    the stride shortened for shorter videos; num_frames indices spread evenly over it."""
+    clip_length = min(video_length, (num_frames - 1) * stride + 1)
+    start = int(rng.integers(0, video_length - clip_length + 1))
+    return np.linspace(start, start + clip_length - 1, num_frames, dtype=int)
+
+
+def decode_video_frames(source, num_frames, stride, rng):
+    """Decode only the sampled frames with PyAV. Returns uint8 (f, h, w, 3)."""
+    import av
+
+    with av.open(io.BytesIO(source) if isinstance(source, bytes) else source) as container:
+        stream = container.streams.video[0]
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    if len(frames) < num_frames:
+        raise ValueError(f"it has {len(frames)} frames, fewer than --num_frames {num_frames}")
+    return np.stack([frames[i] for i in sample_frame_indices(len(frames), num_frames, stride, rng)])
+
+
+class VideoClipDataset(torch.utils.data.Dataset):
+    """Winning clips x^w as (f, 3, H, W) in [-1, 1] plus caption token ids. Decoding runs in the
+    dataloader workers. A bad clip raises (naming the file) or, with ``skip``, is replaced by
+    another clip and counted in ``num_skipped``."""
+
+    def __init__(self, records, args, tokenizer):
+        self.records, self.tokenizer = records, tokenizer
+        self.num_frames, self.stride, self.on_bad_sample = args.num_frames, args.sample_stride, args.on_bad_sample
+        crop = transforms.RandomCrop if args.random_crop else transforms.CenterCrop
+        flip = [transforms.RandomHorizontalFlip()] if args.random_flip else []
+        self.transform = transforms.Compose([
+            transforms.Resize(args.resolution, antialias=True), crop(args.resolution), *flip,
+            transforms.Normalize([0.5], [0.5]),
+        ])
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, index):
+        rng = np.random.default_rng(int(torch.randint(2**31, (1,))))  # seeded per worker by the DataLoader
+        for attempt in range(len(self.records)):
+            source, caption = self.records[index]
+            try:
+                frames = decode_video_frames(source, self.num_frames, self.stride, rng)
+                break
+            except Exception as error:
+                name = source if isinstance(source, str) else f"clip #{index} (bytes)"
+                if self.on_bad_sample == "error":
+                    raise SSPOInputError(f"Bad video {name}: {error}. Fix or remove it, or pass --on_bad_sample skip.") from error
+                index = int(rng.integers(len(self.records)))
+        else:
+            raise SSPOInputError("Every video tried was bad (undecodable or shorter than --num_frames); check the data.")
+        pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0  # f c h w, one crop/flip per clip
+        return {"pixel_values": self.transform(pixels), "input_ids": tokenize(self.tokenizer, [caption])[0],
+                "num_skipped": attempt}
+
+
+def collate_fn(examples):
+    return {"pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+            "input_ids": torch.stack([e["input_ids"] for e in examples]),
+            "num_skipped": sum(e["num_skipped"] for e in examples)}
+
+
+@torch.no_grad()
+def encode_video(vae, pixel_values, weight_dtype, generator):
+    """x^w (b, f, 3, H, W) -> z_w (b, c, f, h, w): encode frames as (b*f) c H W, reshape, scale."""
+    batch_size, num_frames = pixel_values.shape[:2]
+    frames = pixel_values.flatten(0, 1).to(vae.device, dtype=weight_dtype)
+    latents = vae.encode(frames).latent_dist.sample(generator) * vae.config.scaling_factor
+    return latents.unflatten(0, (batch_size, num_frames)).permute(0, 2, 1, 3, 4)
+
+
+# ---------------------------------------------------------------------------
+# Models: what trains, how it is saved and restored
+# ---------------------------------------------------------------------------
+
+
+def build_motion_unet(args, unet2d):
+    try:
+        motion_adapter = MotionAdapter.from_pretrained(args.motion_adapter_name_or_path)
+    except (OSError, ValueError) as error:
+        raise SSPOInputError(f"Could not load --motion_adapter_name_or_path {args.motion_adapter_name_or_path}: "
+                             f"{str(error).splitlines()[0]}") from error
+    try:
+        return UNetMotionModel.from_unet2d(unet2d, motion_adapter)
+    except ValueError as error:
+        raise SSPOInputError(f"The motion adapter does not fit the base UNet ({error}); use an adapter made for "
+                             "this base (same blocks and layers per block).") from error
+
+
+def set_trainable(args, unet):
+    """Freeze everything, then make the --train_target trainable (LoRA adapters or motion modules)."""
+    unet.requires_grad_(False)
+    if args.train_target == "motion_modules":
+        unet.freeze_unet2d_params()  # leaves only motion_modules trainable
+    else:
+        targets = MOTION_ATTENTION if args.train_target == "motion_lora" else ALL_ATTENTION
+        unet.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.lora_alpha, init_lora_weights="gaussian",
+                                    target_modules=targets))
+    cast_training_params(unet, dtype=torch.float32)
+    return [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
+
+
+def save_motion_modules(unet, directory):
+    unet.save_motion_modules(directory, safe_serialization=True)
+
+
+def load_motion_modules(unet, directory):
+    unet.load_motion_modules(MotionAdapter.from_pretrained(directory))
+
+
+def save_trained_weights(args, unet):
+    """LoRA runs: pytorch_lora_weights.safetensors (AnimateDiffPipeline.load_lora_weights).
+    motion_modules runs: a MotionAdapter folder in output_dir (MotionAdapter.from_pretrained),
+    written to a temporary folder first and moved in file by file."""
+    if args.train_target != "motion_modules":
+        return save_lora_atomically(AnimateDiffPipeline, args.output_dir, unet)
+    with tempfile.TemporaryDirectory(dir=args.output_dir, prefix=".tmp-motion-adapter-") as tmp_dir:
+        save_motion_modules(unet, tmp_dir)
+        for name in os.listdir(tmp_dir):
+            os.replace(os.path.join(tmp_dir, name), os.path.join(args.output_dir, name))
+    return args.output_dir
+
+
+def log_validation(args, accelerator, unet, vae, text_encoder, tokenizer, scheduler, weight_dtype, step, phase="validation"):
+    """Generate ``--num_validation_videos`` per prompt; save GIF and MP4 under
+    ``output_dir/validation`` and log them. Returns the videos (lists of PIL frames)."""
+    logger.info(f"Running {phase}: {args.num_validation_videos} video(s) for each of {len(args.validation_prompts)} prompt(s).")
+    pipeline = AnimateDiffPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   motion_adapter=None, scheduler=DDIMScheduler.from_config(scheduler.config))
+    pipeline.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(args.seed if args.seed is not None else 0)
+    autocast = torch.autocast(accelerator.device.type, dtype=weight_dtype, enabled=weight_dtype != torch.float32)
+    videos = []
+    with autocast:
+        for prompt in args.validation_prompts:
+            videos += pipeline(prompt, num_frames=args.num_frames, height=args.resolution, width=args.resolution,
+                               num_inference_steps=args.validation_inference_steps, generator=generator,
+                               num_videos_per_prompt=args.num_validation_videos).frames
+    folder = os.path.join(args.output_dir, "validation")
+    os.makedirs(folder, exist_ok=True)
+    for i, video in enumerate(videos):
+        for extension in ("gif", "mp4"):
+            save_video(video, os.path.join(folder, f"{phase}_step{step}_{i}.{extension}"), fps=args.validation_fps)
+    log_videos_to_trackers(accelerator, videos, args.validation_prompts, phase, step, fps=args.validation_fps)
+    return videos
+
+
+# ---------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------
+
+
+def main(args):
+    accelerator, generators = create_accelerator(args, "sspo-animatediff")
+    logger.info(accelerator.state, main_process_only=False)
+
+    tokenizer, text_encoder, vae, unet2d, noise_scheduler = load_base_components(
+        args, beta_schedule=args.beta_schedule, clip_sample=False)
+    unet = build_motion_unet(args, unet2d)
+    weight_dtype = weight_dtype_of(accelerator)
+    for model in (vae, text_encoder, unet):
+        model.requires_grad_(False)
+        model.to(accelerator.device, dtype=weight_dtype)
+    trainable = set_trainable(args, unet)
+    if args.enable_xformers_memory_efficient_attention:
+        unet.enable_xformers_memory_efficient_attention()
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    trained_parameters = [p for _, p in trainable]
+
+    # RCR pool over whatever trains; snapshot 0 is the initial model.
+    reference_pool = ReferencePool(trainable, max_snapshots=args.max_snapshots, seed=args.seed or 0,
+                                   storage_device=accelerator.device if args.snapshots_on_device else "cpu")
+    self_sampler = SSPOSelfSamplingPipeline.from_training_components(
+        vae, text_encoder, tokenizer, unet, self_sample_scheduler(args, noise_scheduler))
+    negative_prompt_embeds = encode_prompt_ids(text_encoder, tokenize(tokenizer, [""]))
+
+    optimizer = create_optimizer(args, trained_parameters, accelerator.num_processes)
+    with accelerator.main_process_first():
+        records = load_video_records(args)
+    train_dataloader = torch.utils.data.DataLoader(
+        VideoClipDataset(records, args, tokenizer), shuffle=True, batch_size=args.train_batch_size, collate_fn=collate_fn,
+        num_workers=args.dataloader_num_workers, generator=generators.dataloader)
+    unet, optimizer, train_dataloader, lr_scheduler, num_update_steps_per_epoch = prepare_for_training(
+        args, accelerator, unet, optimizer, train_dataloader)
+    if args.train_target == "motion_modules":
+        register_checkpoint_hooks(accelerator, save_motion_modules, load_motion_modules)
+    else:
+        register_lora_checkpoint_hooks(accelerator, AnimateDiffPipeline)
+    accelerator.register_for_checkpointing(reference_pool)
+    run_config = run_config_of(args, ("rank", "lora_alpha", "loss_type", "train_target", "num_frames",
+                                      "pretrained_model_name_or_path", "motion_adapter_name_or_path"))
+    if accelerator.is_main_process:
+        accelerator.init_trackers("sspo-animatediff", config={k: v for k, v in vars(args).items() if not isinstance(v, list)})
+    global_step, first_epoch, resume_batches = resume_training_state(
+        args, accelerator, generators, run_config, num_update_steps_per_epoch)
+
+    log_run_header(args, accelerator, reference_pool)
+    progress_bar = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps",
+                        disable=not accelerator.is_local_main_process)
+    unwrapped_unet = accelerator.unwrap_model(unet)
+    reference_index, step_metrics, num_skipped = None, [], 0
+
+    for epoch in range(first_epoch, args.num_train_epochs):
+        unet.train()
+        train_dataloader.set_epoch(epoch)
+        skip = resume_batches if epoch == first_epoch else 0
+        for batch in accelerator.skip_first_batches(train_dataloader, skip) if skip else train_dataloader:
+            num_skipped += batch["num_skipped"]
+            with accelerator.accumulate(unet):
+                if reference_index is None and args.loss_type == "sspo":  # RCR, once per optimizer step
+                    reference_index = reference_pool.sample(args.reference_strategy, generators.rcr)
+                with torch.no_grad():
+                    latents_w = encode_video(vae, batch["pixel_values"], weight_dtype, generators.noise)  # z_w: b c f h w
+                    prompt_embeds = encode_prompt_ids(text_encoder, batch["input_ids"])
+                # UNetMotionModel wants one text embedding per frame (diffusers >= 0.31).
+                frame_embeds = prompt_embeds.repeat_interleave(args.num_frames, dim=0)
+                noise, timesteps = draw_noise_and_timesteps(noise_scheduler, latents_w, generators.noise)
+
+                if args.loss_type == "sft":
+                    model_pred = unet(noise_scheduler.add_noise(latents_w, noise, timesteps), timesteps, frame_embeds).sample
+                    errors = {"model_err_w": per_sample_error(model_pred, training_target(noise_scheduler, latents_w, noise, timesteps))}
+                    loss, info = errors["model_err_w"].mean(), {}
+                else:
+                    pair_frame_embeds = torch.cat([frame_embeds, frame_embeds])
+                    with reference_pool.swapped_in(reference_index):  # before the policy forward (in-place swap)
+                        latents_s = self_sampler.sample_latents(  # x^s: a video from the drawn checkpoint
+                            prompt_embeds, negative_prompt_embeds, args.resolution, args.resolution, args.self_sample_steps,
+                            args.self_sample_guidance_scale, generators.sampling, num_frames=args.num_frames)
+                        noisy, target, pair_t = noisy_pair(noise_scheduler, latents_w, latents_s, noise, timesteps)
+                        with torch.no_grad():
+                            ref_err_w, ref_err_s = per_sample_error(unwrapped_unet(noisy, pair_t, pair_frame_embeds).sample, target).chunk(2)
+                    model_err_w, model_err_s = per_sample_error(unet(noisy, pair_t, pair_frame_embeds).sample, target).chunk(2)
+                    loss, info = sspo_loss(model_err_w, model_err_s, ref_err_w, ref_err_s, args.beta_dpo, args.ssr)
+                    errors = {"model_err_w": model_err_w, "model_err_s": model_err_s, "ref_err_w": ref_err_w, "ref_err_s": ref_err_s}
+
+                accelerator.backward(loss)
+                grad_norm = accelerator.clip_grad_norm_(trained_parameters, args.max_grad_norm) if accelerator.sync_gradients else None
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+                step_metrics.append(micro_batch_metrics(loss, info, errors))
+
+            if accelerator.sync_gradients:
+                global_step += 1
+                logs = log_optimizer_step(accelerator, progress_bar, step_metrics, global_step, lr_scheduler, grad_norm,
+                                          reference_pool, reference_index)
+                if num_skipped:
+                    accelerator.log({"skipped_bad_samples": num_skipped}, step=global_step)
+                    logger.info(f"Skipped {num_skipped} bad clip(s) so far (--on_bad_sample skip); loss {logs['loss']:.4f}")
+                reference_index, step_metrics = None, []
+                snapshot_and_checkpoint(args, accelerator, global_step, reference_pool, generators, run_config)
+                if args.validation_prompts and global_step % args.validation_steps == 0 and accelerator.is_main_process:
+                    log_validation(args, accelerator, unwrapped_unet, vae, text_encoder, tokenizer, noise_scheduler,
+                                   weight_dtype, global_step)
+            if global_step >= args.max_train_steps:
+                break
+        if global_step >= args.max_train_steps:
+            break
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        logger.info(f"Saved {args.train_target} weights to {save_trained_weights(args, unwrapped_unet)}")
+        finish_run(args, accelerator, unwrapped_unet, vae, text_encoder, tokenizer, noise_scheduler, weight_dtype,
+                   global_step, reference_pool)
+    accelerator.end_training()
+
+
+def finish_run(args, accelerator, unet, vae, text_encoder, tokenizer, scheduler, weight_dtype, step, reference_pool):
+    """Final videos with the trained weights and with the initial ones (same seeds), the model
+    card with a GIF preview, and the Hub upload."""
+    videos = []
+    if args.validation_prompts:
+        videos = log_validation(args, accelerator, unet, vae, text_encoder, tokenizer, scheduler, weight_dtype, step,
+                                "final_trained")
+        with reference_pool.swapped_in(0):  # snapshot 0 is the initial model, for every --train_target
+            log_validation(args, accelerator, unet, vae, text_encoder, tokenizer, scheduler, weight_dtype, step, "final_base")
+    repo_id = create_hub_repo(args)
+    source = repo_id or args.output_dir
+    load_line = (f'pipe.load_lora_weights("{source}")' if args.train_target != "motion_modules" else "")
+    adapter = source if args.train_target == "motion_modules" else args.motion_adapter_name_or_path
+    usage = ("import torch\nfrom diffusers import AnimateDiffPipeline, MotionAdapter\nfrom diffusers.utils import export_to_gif\n\n"
+             f'adapter = MotionAdapter.from_pretrained("{adapter}", torch_dtype=torch.float16)\n'
+             f'pipe = AnimateDiffPipeline.from_pretrained("{args.pretrained_model_name_or_path}", motion_adapter=adapter, '
+             'torch_dtype=torch.float16).to("cuda")\n' + (load_line + "\n" if load_line else "") +
+             'export_to_gif(pipe("a time-lapse of a flower blooming", num_frames=16).frames[0], "sample.gif")')
+    previews = [lambda path, video=video: save_video(video, path, fps=args.validation_fps) for video in videos]
+    settings = {key: getattr(args, key) for key in SSPO_CARD_SETTINGS}
+    settings.update(train_target=args.train_target, num_frames=args.num_frames, sample_stride=args.sample_stride,
+                    motion_adapter=args.motion_adapter_name_or_path)
+    save_model_card(args.output_dir, args.pretrained_model_name_or_path, args.dataset_name or args.metadata_file, settings,
+                    previews, repo_id=repo_id, pipeline_name="AnimateDiffPipeline", media_extension="gif",
+                    validation_prompts=args.validation_prompts or (), extra_tags=("animatediff",), usage_code=usage)
+    if repo_id is not None:
+        upload_output_dir(args, repo_id, commit_message=f"SSPO AnimateDiff ({args.train_target})")
+
+
+if __name__ == "__main__":
+    run_with_clear_errors(main, parse_args)
