@@ -272,47 +272,17 @@ def moving_shape_frames(color, shape, background, num_frames, size=64, seed=0, d
     return frames
 
 
-def _video_codec():
-    import av
-
-    try:
-        av.Codec("libx264", "w")
-        return "libx264"
-    except Exception:  # a PyAV build without libx264
-        return "mpeg4"
-
-
 def write_mp4(path, frames, fps=8):
-    """Encode PIL ``frames`` to an H.264 (libx264, yuv420p) mp4 at ``path`` with PyAV, or
-    MPEG-4 Part 2 where this PyAV build has no libx264. yuv420p needs even sizes, so an odd
-    width or height loses its last column or row. Returns ``path``."""
-    import av
+    """Encode PIL ``frames`` to an mp4 at ``path`` (H.264 where PyAV has libx264), through the
+    same writer the trainers use for validation videos. Returns ``path``."""
+    from sspo_utils import save_video
 
     if not frames:
         raise ValueError("write_mp4 needs at least one frame")
-    width, height = frames[0].size
-    width, height = width - width % 2, height - height % 2
-    if width < 2 or height < 2:
+    if min(frames[0].size) < 2:
         raise ValueError(f"frames are too small to encode: {frames[0].size}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    codec = _video_codec()
-    with av.open(path, mode="w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height = width, height
-        stream.pix_fmt = "yuv420p"
-        if codec == "libx264":
-            stream.options = {"crf": "12", "preset": "veryfast"}
-        else:
-            stream.bit_rate = 2_000_000
-        for image in frames:
-            image = image.convert("RGB")
-            if image.size != (width, height):
-                image = image.crop((0, 0, width, height))
-            for packet in stream.encode(av.VideoFrame.from_image(image)):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return save_video(frames, path, fps=fps)
 
 
 def synthetic_video_examples(num_videos, num_frames=16, size=64, seed=0):
@@ -373,7 +343,7 @@ def parse_args(input_args=None):
         "--with_video",
         action="store_true",
         help="Also write <output_dir>/motion_adapter (a tiny MotionAdapter for the tiny UNet) and "
-        "<output_dir>/videos (ChronoMagic layout: 8 mp4 clips of 16 frames plus ChronoMagic_train.csv).",
+        "<output_dir>/chronomagic (ChronoMagic layout: videos/*.mp4, 8 clips of 16 frames, plus ChronoMagic_train.csv).",
     )
     return parser.parse_args(input_args)
 
@@ -386,6 +356,6 @@ if __name__ == "__main__":
     if args.with_video:
         adapter_dir = build_tiny_motion_adapter(os.path.join(args.output_dir, "motion_adapter"), seed=args.seed)
         video_csv = build_tiny_video_dataset(
-            os.path.join(args.output_dir, "videos"), num_videos=8, num_frames=16, seed=args.seed
+            os.path.join(args.output_dir, "chronomagic"), num_videos=8, num_frames=16, seed=args.seed
         )
         print(f"tiny motion adapter: {adapter_dir}\ntiny videos: {video_csv}")

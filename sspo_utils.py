@@ -617,16 +617,19 @@ def save_video(frames: Sequence, path: str, fps: int = 8):
         frames[0].save(path, save_all=True, append_images=list(frames[1:]), duration=int(1000 / fps), loop=0)
         return path
     import av
-    import numpy as np
 
     width, height = (frames[0].width // 2) * 2, (frames[0].height // 2) * 2  # yuv420p wants even sizes
     with av.open(path, mode="w") as container:
-        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-        stream = container.add_stream(codec, rate=fps)
+        try:
+            av.Codec("libx264", "w")
+            stream = container.add_stream("libx264", rate=fps, options={"crf": "12", "preset": "veryfast"})
+        except Exception:  # a PyAV build without libx264
+            stream = container.add_stream("mpeg4", rate=fps)
+            stream.bit_rate = 2_000_000
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for frame in frames:
-            array = np.asarray(frame.convert("RGB"))[:height, :width]
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
+            image = frame.convert("RGB").crop((0, 0, width, height))
+            container.mux(stream.encode(av.VideoFrame.from_image(image)))
         container.mux(stream.encode())
     return path
 
@@ -924,6 +927,18 @@ def check_shared_args(args, positive: Sequence[str] = ()):
         raise SSPOInputError(f"--max_train_steps {args.max_train_steps} must be at least 1.")
     if args.lora_alpha is None:
         args.lora_alpha = args.rank
+
+
+def pick_column(columns, requested, guesses, flag):
+    """The column named by ``flag`` (checked), else the first of ``guesses`` present."""
+    if requested is not None:
+        if requested not in columns:
+            raise SSPOInputError(f"{flag} {requested!r} is not a data column; columns are {sorted(columns)}.")
+        return requested
+    for guess in guesses:
+        if guess in columns:
+            return guess
+    raise SSPOInputError(f"No {flag.strip('-').replace('_', ' ')} found among columns {sorted(columns)}; pass {flag}.")
 
 
 def create_accelerator(args, project_name: str):

@@ -45,6 +45,7 @@ from sspo_utils import (
     load_base_components,
     log_optimizer_step,
     log_run_header,
+    pick_column,
     log_videos_to_trackers,
     micro_batch_metrics,
     noisy_pair,
@@ -140,17 +141,6 @@ def read_metadata(path):
     if not rows:
         raise SSPOInputError(f"--metadata_file {path} has no rows.")
     return rows
-
-
-def pick_column(columns, requested, guesses, flag):
-    if requested is not None:
-        if requested not in columns:
-            raise SSPOInputError(f"{flag} {requested!r} is not a metadata column; columns are {sorted(columns)}.")
-        return requested
-    for guess in guesses:
-        if guess in columns:
-            return guess
-    raise SSPOInputError(f"No {flag.strip('-').replace('_', ' ')} found among columns {sorted(columns)}; pass {flag}.")
 
 
 def load_video_records(args):

@@ -46,6 +46,7 @@ from sspo_utils import (
     log_images_to_trackers,
     log_optimizer_step,
     log_run_header,
+    pick_column,
     micro_batch_metrics,
     noisy_pair,
     per_sample_error,
@@ -137,17 +138,6 @@ def load_raw_dataset(args):
                             streaming=args.streaming)
     except (FileNotFoundError, ValueError, ConnectionError) as error:
         raise SSPOInputError(f"Could not load --dataset_name {name} (split {args.dataset_split_name}): {error}") from error
-
-
-def pick_column(columns, requested, guesses, flag):
-    if requested is not None:
-        if requested not in columns:
-            raise SSPOInputError(f"{flag} {requested!r} is not a dataset column; columns are {sorted(columns)}.")
-        return requested
-    for guess in guesses:
-        if guess in columns:
-            return guess
-    raise SSPOInputError(f"No {flag.strip('-').replace('_', ' ')} found among columns {sorted(columns)}; pass {flag}.")
 
 
 def prepare_dataset(args):

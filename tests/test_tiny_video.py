@@ -204,10 +204,10 @@ def test_cli_without_video_is_unchanged(tmp_path, monkeypatch):
 
 def test_cli_with_video(tmp_path, monkeypatch):
     run_cli(monkeypatch, "--output_dir", str(tmp_path), "--num_examples", "2", "--with_video")
-    assert sorted(os.listdir(tmp_path)) == ["data", "model", "motion_adapter", "videos"]
+    assert sorted(os.listdir(tmp_path)) == ["chronomagic", "data", "model", "motion_adapter"]
     MotionAdapter.from_pretrained(str(tmp_path / "motion_adapter"))
-    with open(tmp_path / "videos" / "ChronoMagic_train.csv", newline="") as f:
+    with open(tmp_path / "chronomagic" / "ChronoMagic_train.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 8
-    decoded, _, _ = decode_mp4(str(tmp_path / "videos" / "videos" / (rows[0]["videoid"] + ".mp4")))
+    decoded, _, _ = decode_mp4(str(tmp_path / "chronomagic" / "videos" / (rows[0]["videoid"] + ".mp4")))
     assert len(decoded) == 16
