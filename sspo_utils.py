@@ -1011,6 +1011,11 @@ def prepare_for_training(args, accelerator, model, optimizer, dataloader, stream
     return model, optimizer, dataloader, lr_scheduler, num_update_steps_per_epoch
 
 
+def tracker_config(args) -> Dict:
+    """Flags for tensorboard/wandb hparams: scalars only, and never the Hub token."""
+    return {k: v for k, v in vars(args).items() if not isinstance(v, (list, tuple)) and k != "hub_token"}
+
+
 def run_config_of(args, keys: Sequence[str]) -> Dict:
     """Settings a checkpoint must share with the run that resumes it."""
     return {key: getattr(args, key) for key in keys}

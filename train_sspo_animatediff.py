@@ -63,6 +63,7 @@ from sspo_utils import (
     snapshot_and_checkpoint,
     sspo_loss,
     tokenize,
+    tracker_config,
     training_target,
     upload_output_dir,
     weight_dtype_of,
@@ -374,7 +375,7 @@ def main(args):
     run_config = run_config_of(args, ("rank", "lora_alpha", "loss_type", "train_target", "num_frames",
                                       "pretrained_model_name_or_path", "motion_adapter_name_or_path"))
     if accelerator.is_main_process:
-        accelerator.init_trackers("sspo-animatediff", config={k: v for k, v in vars(args).items() if not isinstance(v, list)})
+        accelerator.init_trackers("sspo-animatediff", config=tracker_config(args))
     global_step, first_epoch, resume_batches = resume_training_state(
         args, accelerator, generators, run_config, num_update_steps_per_epoch)
 

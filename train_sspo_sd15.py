@@ -61,6 +61,7 @@ from sspo_utils import (
     snapshot_and_checkpoint,
     sspo_loss,
     tokenize,
+    tracker_config,
     training_target,
     upload_output_dir,
     weight_dtype_of,
@@ -327,7 +328,7 @@ def main(args):
     accelerator.register_for_checkpointing(reference_pool)
     run_config = run_config_of(args, ("rank", "lora_alpha", "loss_type", "pretrained_model_name_or_path"))
     if accelerator.is_main_process:
-        accelerator.init_trackers("sspo-sd15", config={k: v for k, v in vars(args).items() if not isinstance(v, list)})
+        accelerator.init_trackers("sspo-sd15", config=tracker_config(args))
     global_step, first_epoch, resume_batches = resume_training_state(
         args, accelerator, generators, run_config, num_update_steps_per_epoch)
 

@@ -139,6 +139,24 @@ def test_missing_video_column_and_metadata_are_clear_errors(tiny_model_dir, tiny
         parse(tiny_model_dir, tiny_motion_adapter_dir, str(tmp_path), str(tmp_path / "missing.csv"))
 
 
+def test_datasets_folder_with_video_bytes_column(tiny_model_dir, tiny_motion_adapter_dir, chronomagic, tmp_path):
+    import datasets
+    from transformers import CLIPTokenizer
+
+    video_folder, metadata = chronomagic
+    clips = sorted(os.listdir(video_folder))[:3]
+    rows = {"video": [open(os.path.join(video_folder, c), "rb").read() for c in clips], "caption": ["a", "b", "c"]}
+    os.makedirs(tmp_path / "data")
+    datasets.Dataset.from_dict(rows).to_parquet(str(tmp_path / "data" / "train-00000-of-00001.parquet"))
+    args = train.parse_args(["--pretrained_model_name_or_path", tiny_model_dir, "--motion_adapter_name_or_path",
+                             tiny_motion_adapter_dir, "--dataset_name", str(tmp_path), "--resolution", "64",
+                             "--num_frames", "4", "--sample_stride", "2"])
+    records = train.load_video_records(args)
+    assert [caption for _, caption in records] == ["a", "b", "c"] and isinstance(records[0][0], bytes)
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_model_dir, subfolder="tokenizer")
+    assert train.VideoClipDataset(records, args, tokenizer)[1]["pixel_values"].shape == (4, 3, 64, 64)
+
+
 def test_encode_video_is_b_c_f_h_w(tiny_model_dir):
     from diffusers import AutoencoderKL
 
@@ -211,6 +229,12 @@ def test_motion_lora_run_outputs(motion_lora_run, tiny_model_dir, tiny_motion_ad
     card = (output_dir / "README.md").read_text()
     assert "- animatediff" in card and "image_0.gif" in card and "AnimateDiffPipeline" in card
     assert (output_dir / "image_0.gif").read_bytes()[:6] in (b"GIF87a", b"GIF89a")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((output_dir / "logs").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    assert "validation" in events.Tags()["images"]  # add_video stores an animated GIF summary
+    assert {"loss", "ssr_sft_fraction", "pool_size", "snapshot_age"} <= set(events.Tags()["scalars"])
 
     pipe = animatediff_pipeline(tiny_model_dir, tiny_motion_adapter_dir)
     base = generate(pipe)
@@ -231,7 +255,8 @@ def test_motion_lora_resume_from_latest(motion_lora_run, tiny_model_dir, tiny_mo
 
 def test_lora_target_with_sft_trains_spatial_and_motion(tiny_model_dir, tiny_motion_adapter_dir, chronomagic, tmp_path):
     result = run_script(e2e_args(tiny_model_dir, tiny_motion_adapter_dir, *chronomagic, tmp_path, "--max_train_steps", "2",
-                                 "--train_target", "lora", "--loss_type", "sft", "--report_to", "none"))
+                                 "--train_target", "lora", "--loss_type", "sft", "--report_to", "none",
+                                 "--dataloader_num_workers", "1", "--gradient_checkpointing", "--use_8bit_adam"))
     assert_ok(result)
     keys = list(load_file(tmp_path / "pytorch_lora_weights.safetensors"))
     assert any("motion_modules" in k for k in keys) and any("motion_modules" not in k for k in keys)
