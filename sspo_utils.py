@@ -48,6 +48,10 @@ class SSPOInputError(ValueError):
     and exit with status 2, instead of a traceback."""
 
 
+class SSPOTrainingError(RuntimeError):
+    """Training cannot go on (e.g. too many non-finite steps). One line, exit status 3."""
+
+
 # ---------------------------------------------------------------------------
 # 1. Losses
 # ---------------------------------------------------------------------------
@@ -291,6 +295,33 @@ class ReferencePool:
         self.num_offered = int(state["num_offered"])
         self.reservoir_generator.set_state(state["reservoir_generator"])
 
+    def save(self, path: str):
+        """Write the pool as safetensors (tensors) with its bookkeeping in the header: no pickle."""
+        from safetensors.torch import save_file
+
+        state = self.state_dict()
+        tensors = {f"snapshot.{i}.{j}": t.contiguous() for i, snap in enumerate(state["snapshots"]) for j, t in enumerate(snap)}
+        tensors["reservoir_generator"] = state["reservoir_generator"]
+        header = {key: json.dumps(state[key]) for key in ("names", "steps", "num_offered", "max_snapshots")}
+        save_file(tensors, path, metadata=header)
+
+    @staticmethod
+    def read_state(path: str) -> Dict:
+        """The state dict stored by ``save`` (for ``load_state_dict``, or to inspect a checkpoint)."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            header = {key: json.loads(value) for key, value in f.metadata().items()}
+            num_tensors = len(header["names"])
+            num_snapshots = len(header["steps"])
+            header["snapshots"] = [[f.get_tensor(f"snapshot.{i}.{j}") for j in range(num_tensors)]
+                                   for i in range(num_snapshots)]
+            header["reservoir_generator"] = f.get_tensor("reservoir_generator")
+        return header
+
+    def load(self, path: str):
+        self.load_state_dict(self.read_state(path))
+
     def nbytes_per_snapshot(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.params)
 
@@ -423,14 +454,17 @@ RUN_CONFIG_NAME = "sspo_run_config.json"
 
 def list_checkpoints(output_dir: str) -> List[str]:
     """Complete checkpoints in ``output_dir``, oldest first. Temporary ``.tmp-checkpoint-*``
-    folders left by a killed run are not complete and never listed."""
+    folders left by a killed run, and ``checkpoint-*`` folders without the run config that is
+    written last, are incomplete and never listed."""
     if not os.path.isdir(output_dir):
         return []
     found = []
     for name in os.listdir(output_dir):
         match = CHECKPOINT_PATTERN.match(name)
-        if match and os.path.isdir(os.path.join(output_dir, name)):
+        if match and os.path.isfile(os.path.join(output_dir, name, RUN_CONFIG_NAME)):
             found.append((int(match.group(1)), name))
+        elif match:
+            logger.warning(f"Ignoring {os.path.join(output_dir, name)}: incomplete (no {RUN_CONFIG_NAME}).")
     return [os.path.join(output_dir, name) for _, name in sorted(found)]
 
 
@@ -480,32 +514,50 @@ def check_run_config(checkpoint_dir: str, run_config: Dict):
             )
 
 
+POOL_FILE_NAME = "reference_pool.safetensors"
+
+
 def generators_file(checkpoint_dir: str, process_index: int) -> str:
-    return os.path.join(checkpoint_dir, f"sspo_generators_rank{process_index}.pt")
+    return os.path.join(checkpoint_dir, f"sspo_generators_rank{process_index}.safetensors")
+
+
+def save_generators(path: str, generators: "TrainingGenerators"):
+    from safetensors.torch import save_file
+
+    save_file(generators.state_dict(), path)
 
 
 def load_generators(checkpoint_dir: str, generators: "TrainingGenerators", process_index: int):
     """Restore this rank's dedicated generators (noise, self-sampling, RCR, dataloader)."""
-    generators.load_state_dict(torch.load(generators_file(checkpoint_dir, process_index), weights_only=True))
+    from safetensors.torch import load_file
+
+    path = generators_file(checkpoint_dir, process_index)
+    if not os.path.isfile(path):
+        raise SSPOInputError(f"{checkpoint_dir} has no generator state for rank {process_index}: it was written by a run "
+                             "with fewer processes. Resume with the same number of processes.")
+    generators.load_state_dict(load_file(path))
 
 
 def save_checkpoint_atomically(accelerator, output_dir: str, step: int, run_config: Dict,
-                               generators: "TrainingGenerators", total_limit: Optional[int] = None) -> str:
-    """``accelerator.save_state`` into a temporary folder, then an atomic rename to
-    ``checkpoint-<step>``: a run killed mid-write leaves only a ``.tmp-`` folder that
-    ``latest`` ignores. Old checkpoints are rotated out only after the new one is complete,
-    so the newest complete checkpoint is never deleted. Call on every process."""
+                               generators: "TrainingGenerators", reference_pool: "ReferencePool",
+                               total_limit: Optional[int] = None) -> str:
+    """``accelerator.save_state`` (weights via the hooks, optimizer, LR schedule, RNGs) plus the
+    RCR pool, every rank's generators and the run config, all into a temporary folder that
+    is renamed to ``checkpoint-<step>`` only when complete: a run killed mid-write leaves a
+    ``.tmp-`` folder that ``latest`` ignores. Old checkpoints are rotated out only after the new
+    one is complete, so the newest complete checkpoint is never deleted. Call on every process."""
     final_dir = os.path.join(output_dir, f"checkpoint-{step}")
     tmp_dir = os.path.join(output_dir, f".tmp-checkpoint-{step}")
     if accelerator.is_main_process:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(tmp_dir)
-    # accelerate saves registered objects from rank 0 only; the noise and sampling
-    # generators differ per rank, so each rank writes its own.
-    torch.save(generators.state_dict(), generators_file(tmp_dir, accelerator.process_index))
+    # The noise and sampling generators differ per rank, so each rank writes its own.
+    save_generators(generators_file(tmp_dir, accelerator.process_index), generators)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        reference_pool.save(os.path.join(tmp_dir, POOL_FILE_NAME))
+        # Written last: its presence marks a complete checkpoint.
         with open(os.path.join(tmp_dir, RUN_CONFIG_NAME), "w") as f:
             json.dump(run_config, f, indent=2, sort_keys=True)
         if os.path.isdir(final_dir):
@@ -803,29 +855,31 @@ def input_error_message(error: BaseException) -> str:
     """One line for the user. Errors raised in dataloader workers come back wrapped in
     PyTorch's 'Caught ... in DataLoader worker' text; keep only the original message."""
     text = str(error).strip()
-    marker = f"{SSPOInputError.__name__}: "
-    if marker in text:
-        text = text.rsplit(marker, 1)[1]
+    for marker in (f"{SSPOInputError.__name__}: ", f"{SSPOTrainingError.__name__}: "):
+        if marker in text:
+            text = text.rsplit(marker, 1)[1]
     return text.splitlines()[0] if text else type(error).__name__
 
 
 def run_with_clear_errors(main, parse_args):
     """Call ``main(parse_args())``; bad input (flags, data, checkpoints) ends with one
-    'error: ...' line and exit status 2 instead of a traceback."""
+    'error: ...' line and exit status 2, a training stop (SSPOTrainingError) with status 3,
+    instead of a traceback."""
     import gc
     import sys
 
     try:
         main(parse_args())
         return
-    except SSPOInputError as error:
+    except (SSPOInputError, SSPOTrainingError) as error:
         message = input_error_message(error)
+        status = 2 if isinstance(error, SSPOInputError) else 3
         # Free main()'s frames so open progress bars close first and the error stays the last line.
         error.__traceback__ = None
     gc.collect()
     sys.stderr.flush()
     print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.exit(2)
+    sys.exit(status)
 
 
 # ---------------------------------------------------------------------------
@@ -887,6 +941,9 @@ def add_shared_arguments(parser, loss_types: Sequence[str], default_output_dir: 
     group.add_argument("--adam_weight_decay", type=float, default=1e-2)
     group.add_argument("--adam_epsilon", type=float, default=1e-8)
     group.add_argument("--max_grad_norm", type=float, default=1.0)
+    group.add_argument("--max_nonfinite_steps", type=int, default=10,
+                       help="Steps with a NaN/inf loss or gradient norm are skipped (no update, no snapshot) and logged; "
+                            "after this many in a row the run stops with a checkpoint of the last good weights.")
     group.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes' 8-bit AdamW.")
     group.add_argument("--seed", type=int, default=None, help="Any integer, 0 included, makes the run reproducible.")
     group.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None)
@@ -916,7 +973,7 @@ def check_shared_args(args, positive: Sequence[str] = ()):
     if args.resolution <= 0 or args.resolution % 8:
         raise SSPOInputError(f"--resolution {args.resolution} must be a positive multiple of 8 (the VAE downsamples by 8).")
     for name in ("rank", "snapshot_steps", "self_sample_steps", "train_batch_size", "gradient_accumulation_steps",
-                 "checkpointing_steps", "validation_steps", "validation_inference_steps", *positive):
+                 "checkpointing_steps", "validation_steps", "validation_inference_steps", "max_nonfinite_steps", *positive):
         if getattr(args, name) < 1:
             raise SSPOInputError(f"--{name} {getattr(args, name)} must be at least 1.")
     if args.max_snapshots is not None and args.max_snapshots < 2:
@@ -939,6 +996,31 @@ def pick_column(columns, requested, guesses, flag):
         if guess in columns:
             return guess
     raise SSPOInputError(f"No {flag.strip('-').replace('_', ' ')} found among columns {sorted(columns)}; pass {flag}.")
+
+
+BAD_SAMPLE_POLICIES = ("error", "skip")
+
+
+def add_bad_sample_argument(group, what: str):
+    group.add_argument("--on_bad_sample", choices=BAD_SAMPLE_POLICIES, default="error",
+                       help=f"A {what}: stop with an error naming it, or skip it (another sample is drawn in its "
+                            "place and the count is logged as skipped_bad_samples).")
+
+
+def fetch_with_bad_sample_policy(load_item, index: int, num_items: int, on_bad_sample: str, describe):
+    """``load_item(index)``; if it fails, raise a one-line error naming ``describe(index)``
+    (``error``), or draw another index with the global RNG, which the DataLoader seeds per
+    worker (``skip``). Returns (item, number of bad samples skipped)."""
+    for attempt in range(max(num_items, 1)):
+        try:
+            return load_item(index), attempt
+        except Exception as error:
+            if on_bad_sample == "error":
+                reason = input_error_message(error)
+                raise SSPOInputError(f"Bad sample {describe(index)}: {reason} Fix or remove it, or pass "
+                                     "--on_bad_sample skip.") from error
+            index = int(torch.randint(num_items, (1,)))
+    raise SSPOInputError(f"All {num_items} samples tried were bad; check the data.")
 
 
 def create_accelerator(args, project_name: str):
@@ -1021,7 +1103,8 @@ def run_config_of(args, keys: Sequence[str]) -> Dict:
     return {key: getattr(args, key) for key in keys}
 
 
-def resume_training_state(args, accelerator, generators, run_config: Dict, num_update_steps_per_epoch: Optional[int]):
+def resume_training_state(args, accelerator, generators, reference_pool, run_config: Dict,
+                          num_update_steps_per_epoch: Optional[int]):
     """Restore a checkpoint if asked: accelerate state (LoRA via the hooks, optimizer, LR,
     RNGs, the RCR pool) and this rank's generators. Returns (global_step, first_epoch,
     micro-batches to skip in first_epoch)."""
@@ -1034,6 +1117,7 @@ def resume_training_state(args, accelerator, generators, run_config: Dict, num_u
     accelerator.print(f"Resuming from {resume_path}")
     accelerator.load_state(resume_path)
     load_generators(resume_path, generators, accelerator.process_index)
+    reference_pool.load(os.path.join(resume_path, POOL_FILE_NAME))
     global_step = checkpoint_step(resume_path)
     if num_update_steps_per_epoch is None:  # streaming: no epochs to skip into
         return global_step, 0, 0
@@ -1145,11 +1229,15 @@ def draw_noise_and_timesteps(noise_scheduler, latents, generator):
 
 
 def log_optimizer_step(accelerator, progress_bar, step_metrics, global_step, lr_scheduler, grad_norm,
-                       reference_pool=None, reference_index=None) -> Dict:
+                       reference_pool=None, reference_index=None, nonfinite_guard=None, num_skipped=0) -> Dict:
     """Reduce the step's metrics, add lr, grad_norm, pool size and the age of the RCR draw,
     update the progress bar and send everything to the trackers."""
     logs = reduce_step_metrics(accelerator, step_metrics)
     logs.update(lr=lr_scheduler.get_last_lr()[0], grad_norm=float(grad_norm))
+    if nonfinite_guard is not None and nonfinite_guard.total:
+        logs["nonfinite_steps"] = nonfinite_guard.total
+    if num_skipped:  # bad samples replaced under --on_bad_sample skip, so far (this rank)
+        logs["skipped_bad_samples"] = num_skipped
     if reference_index is not None:
         logs.update(pool_size=len(reference_pool), snapshot_age=global_step - 1 - reference_pool.steps[reference_index])
     progress_bar.update(1)
@@ -1158,15 +1246,75 @@ def log_optimizer_step(accelerator, progress_bar, step_metrics, global_step, lr_
     return logs
 
 
-def snapshot_and_checkpoint(args, accelerator, global_step, reference_pool, generators, run_config):
+class NonFiniteGuard:
+    """Skips optimizer steps whose loss or gradient norm is not finite (NaN/inf), counts them,
+    and asks the run to stop after ``max_consecutive`` in a row. Decisions use metrics already
+    reduced over processes, so every rank takes the same one."""
+
+    def __init__(self, max_consecutive: int):
+        self.max_consecutive = max_consecutive
+        self.consecutive = 0
+        self.total = 0
+
+    def check(self, logs: Dict, global_step: int) -> bool:
+        finite = math.isfinite(logs["loss"]) and math.isfinite(logs["grad_norm"])
+        if finite:
+            self.consecutive = 0
+            return True
+        self.consecutive += 1
+        self.total += 1
+        logger.warning(f"Step {global_step}: non-finite loss ({logs['loss']}) or grad norm ({logs['grad_norm']}); "
+                       f"skipped without an update ({self.consecutive} in a row, {self.total} in all).")
+        return False
+
+    @property
+    def exhausted(self) -> bool:
+        return self.consecutive >= self.max_consecutive
+
+
+def inject_nonfinite_for_tests(loss: torch.Tensor, step: int) -> torch.Tensor:
+    """Test-only fault injection: SSPO_TEST_NONFINITE_STEPS="3,4" makes the loss of those
+    optimizer steps NaN. Unset (always, outside tests) it returns ``loss`` untouched."""
+    steps = os.environ.get("SSPO_TEST_NONFINITE_STEPS")
+    if steps and str(step) in steps.split(","):
+        return loss * float("nan")
+    return loss
+
+
+def dump_rank_state_for_tests(accelerator, reference_pool: "ReferencePool"):
+    """Test-only: with SSPO_TEST_DUMP_RANK_STATE_DIR set, every rank writes its live trained
+    weights and its pool to <dir>/rank<i>.safetensors, so a test can check that DDP ranks agree."""
+    directory = os.environ.get("SSPO_TEST_DUMP_RANK_STATE_DIR")
+    if not directory:
+        return
+    from safetensors.torch import save_file
+
+    os.makedirs(directory, exist_ok=True)
+    tensors = {f"live.{name}": p.detach().cpu().contiguous() for name, p in zip(reference_pool.names, reference_pool.params)}
+    for i, snapshot in enumerate(reference_pool.snapshots):
+        tensors.update({f"snapshot.{i}.{name}": t.cpu().contiguous() for name, t in zip(reference_pool.names, snapshot)})
+    save_file(tensors, os.path.join(directory, f"rank{accelerator.process_index}.safetensors"),
+              metadata={"steps": json.dumps(reference_pool.steps), "num_processes": str(accelerator.num_processes)})
+
+
+def snapshot_and_checkpoint(args, accelerator, global_step, reference_pool, generators, run_config,
+                            nonfinite_guard: Optional[NonFiniteGuard] = None, step_was_finite: bool = True):
     """After an optimizer step: offer a snapshot to the RCR pool every --snapshot_steps (SSPO
-    only), and write a checkpoint every --checkpointing_steps (after the snapshot, so the
-    checkpoint's pool includes it)."""
-    if args.loss_type == "sspo" and global_step % args.snapshot_steps == 0:
+    only, and not after a skipped non-finite step), and write a checkpoint every
+    --checkpointing_steps (after the snapshot, so the checkpoint's pool includes it). After
+    --max_nonfinite_steps skipped steps in a row, checkpoint the last good weights and stop."""
+    if nonfinite_guard is not None and nonfinite_guard.exhausted:
+        path = save_checkpoint_atomically(accelerator, args.output_dir, global_step, run_config, generators,
+                                          reference_pool, args.checkpoints_total_limit)
+        raise SSPOTrainingError(
+            f"{nonfinite_guard.consecutive} optimizer steps in a row had a non-finite loss or gradient norm "
+            f"(--max_nonfinite_steps {nonfinite_guard.max_consecutive}); stopped. The last good weights are in {path}. "
+            "Lower --learning_rate or --beta_dpo, or use bf16 instead of fp16, then resume from it.")
+    if args.loss_type == "sspo" and global_step % args.snapshot_steps == 0 and step_was_finite:
         reference_pool.add(global_step)
     if global_step % args.checkpointing_steps == 0:
         path = save_checkpoint_atomically(accelerator, args.output_dir, global_step, run_config, generators,
-                                          args.checkpoints_total_limit)
+                                          reference_pool, args.checkpoints_total_limit)
         logger.info(f"Saved state to {path}")
 
 

@@ -32,16 +32,21 @@ from diffusers.utils import check_min_version
 
 from sspo_utils import (
     SSPO_CARD_SETTINGS,
+    NonFiniteGuard,
     ReferencePool,
     SSPOInputError,
     SSPOSelfSamplingPipeline,
+    add_bad_sample_argument,
     add_shared_arguments,
     check_shared_args,
     create_accelerator,
     create_hub_repo,
     create_optimizer,
     draw_noise_and_timesteps,
+    dump_rank_state_for_tests,
     encode_prompt_ids,
+    fetch_with_bad_sample_policy,
+    inject_nonfinite_for_tests,
     load_base_components,
     log_optimizer_step,
     log_run_header,
@@ -110,9 +115,7 @@ def parse_args(input_args=None):
     group.add_argument("--resolution", type=int, default=256)
     group.add_argument("--random_crop", action="store_true", help="Random instead of center crop.")
     group.add_argument("--random_flip", action="store_true")
-    group.add_argument("--on_bad_sample", choices=("error", "skip"), default="error",
-                       help="A clip that is undecodable or has fewer than --num_frames frames: stop with an error "
-                            "naming the file, or skip it (another clip is drawn; the count is logged).")
+    add_bad_sample_argument(group, "clip that is undecodable or has fewer than --num_frames frames")
     group.add_argument("--num_validation_videos", type=int, default=1, help="Videos per validation prompt.")
     group.add_argument("--validation_fps", type=int, default=8)
 
@@ -219,23 +222,20 @@ class VideoClipDataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.records)
 
-    def __getitem__(self, index):
+    def load(self, index):
+        source, caption = self.records[index]
         rng = np.random.default_rng(int(torch.randint(2**31, (1,))))  # seeded per worker by the DataLoader
-        for attempt in range(len(self.records)):
-            source, caption = self.records[index]
-            try:
-                frames = decode_video_frames(source, self.num_frames, self.stride, rng)
-                break
-            except Exception as error:
-                name = source if isinstance(source, str) else f"clip #{index} (bytes)"
-                if self.on_bad_sample == "error":
-                    raise SSPOInputError(f"Bad video {name}: {error}. Fix or remove it, or pass --on_bad_sample skip.") from error
-                index = int(rng.integers(len(self.records)))
-        else:
-            raise SSPOInputError("Every video tried was bad (undecodable or shorter than --num_frames); check the data.")
+        frames = decode_video_frames(source, self.num_frames, self.stride, rng)
         pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0  # f c h w, one crop/flip per clip
-        return {"pixel_values": self.transform(pixels), "input_ids": tokenize(self.tokenizer, [caption])[0],
-                "num_skipped": attempt}
+        return {"pixel_values": self.transform(pixels), "input_ids": tokenize(self.tokenizer, [caption])[0]}
+
+    def describe(self, index):
+        source = self.records[index][0]
+        return f"video {source}" if isinstance(source, str) else f"video #{index} (bytes)"
+
+    def __getitem__(self, index):
+        item, num_skipped = fetch_with_bad_sample_policy(self.load, index, len(self), self.on_bad_sample, self.describe)
+        return {**item, "num_skipped": num_skipped}
 
 
 def collate_fn(examples):
@@ -371,19 +371,19 @@ def main(args):
         register_checkpoint_hooks(accelerator, save_motion_modules, load_motion_modules)
     else:
         register_lora_checkpoint_hooks(accelerator, AnimateDiffPipeline)
-    accelerator.register_for_checkpointing(reference_pool)
     run_config = run_config_of(args, ("rank", "lora_alpha", "loss_type", "train_target", "num_frames",
                                       "pretrained_model_name_or_path", "motion_adapter_name_or_path"))
     if accelerator.is_main_process:
         accelerator.init_trackers("sspo-animatediff", config=tracker_config(args))
     global_step, first_epoch, resume_batches = resume_training_state(
-        args, accelerator, generators, run_config, num_update_steps_per_epoch)
+        args, accelerator, generators, reference_pool, run_config, num_update_steps_per_epoch)
 
     log_run_header(args, accelerator, reference_pool)
     progress_bar = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps",
                         disable=not accelerator.is_local_main_process)
     unwrapped_unet = accelerator.unwrap_model(unet)
     reference_index, step_metrics, num_skipped = None, [], 0
+    nonfinite_guard = NonFiniteGuard(args.max_nonfinite_steps)
 
     for epoch in range(first_epoch, args.num_train_epochs):
         unet.train()
@@ -418,22 +418,23 @@ def main(args):
                     loss, info = sspo_loss(model_err_w, model_err_s, ref_err_w, ref_err_s, args.beta_dpo, args.ssr)
                     errors = {"model_err_w": model_err_w, "model_err_s": model_err_s, "ref_err_w": ref_err_w, "ref_err_s": ref_err_s}
 
+                loss = inject_nonfinite_for_tests(loss, global_step + 1)
                 accelerator.backward(loss)
                 grad_norm = accelerator.clip_grad_norm_(trained_parameters, args.max_grad_norm) if accelerator.sync_gradients else None
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad()
                 step_metrics.append(micro_batch_metrics(loss, info, errors))
 
             if accelerator.sync_gradients:
                 global_step += 1
                 logs = log_optimizer_step(accelerator, progress_bar, step_metrics, global_step, lr_scheduler, grad_norm,
-                                          reference_pool, reference_index)
-                if num_skipped:
-                    accelerator.log({"skipped_bad_samples": num_skipped}, step=global_step)
-                    logger.info(f"Skipped {num_skipped} bad clip(s) so far (--on_bad_sample skip); loss {logs['loss']:.4f}")
+                                          reference_pool, reference_index, nonfinite_guard, num_skipped)
+                step_is_finite = nonfinite_guard.check(logs, global_step)
+                if step_is_finite:  # a NaN/inf step is skipped: no update, no snapshot
+                    optimizer.step()
+                    lr_scheduler.step()
+                optimizer.zero_grad()
                 reference_index, step_metrics = None, []
-                snapshot_and_checkpoint(args, accelerator, global_step, reference_pool, generators, run_config)
+                snapshot_and_checkpoint(args, accelerator, global_step, reference_pool, generators, run_config,
+                                        nonfinite_guard, step_is_finite)
                 if args.validation_prompts and global_step % args.validation_steps == 0 and accelerator.is_main_process:
                     log_validation(args, accelerator, unwrapped_unet, vae, text_encoder, tokenizer, noise_scheduler,
                                    weight_dtype, global_step)
@@ -443,6 +444,7 @@ def main(args):
             break
 
     accelerator.wait_for_everyone()
+    dump_rank_state_for_tests(accelerator, reference_pool)
     if accelerator.is_main_process:
         logger.info(f"Saved {args.train_target} weights to {save_trained_weights(args, unwrapped_unet)}")
         finish_run(args, accelerator, unwrapped_unet, vae, text_encoder, tokenizer, noise_scheduler, weight_dtype,

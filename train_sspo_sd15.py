@@ -31,9 +31,11 @@ from diffusers.utils import check_min_version
 
 from sspo_utils import (
     SSPO_CARD_SETTINGS,
+    NonFiniteGuard,
     ReferencePool,
     SSPOInputError,
     SSPOSelfSamplingPipeline,
+    add_bad_sample_argument,
     add_shared_arguments,
     check_shared_args,
     create_accelerator,
@@ -41,7 +43,10 @@ from sspo_utils import (
     create_optimizer,
     dpo_loss,
     draw_noise_and_timesteps,
+    dump_rank_state_for_tests,
     encode_prompt_ids,
+    fetch_with_bad_sample_policy,
+    inject_nonfinite_for_tests,
     load_base_components,
     log_images_to_trackers,
     log_optimizer_step,
@@ -99,6 +104,7 @@ def parse_args(input_args=None):
     crop.add_argument("--center_crop", action="store_true", help="Center crop (the default).")
     crop.add_argument("--random_crop", action="store_true")
     group.add_argument("--random_flip", action="store_true")
+    add_bad_sample_argument(group, "row whose image cannot be decoded (not with --streaming, which always stops)")
 
     group.add_argument("--num_validation_images", type=int, default=2, help="Images per validation prompt.")
 
@@ -188,7 +194,7 @@ def decode_image(value, description):
             image = Image.open(io.BytesIO(value))
         return image.convert("RGB")
     except Exception as error:
-        raise SSPOInputError(f"Could not decode the image of {description}: {error}. Fix or remove that row.") from error
+        raise SSPOInputError(f"Could not decode the image of {description}: {error}.") from error
 
 
 class PreprocessTrain:
@@ -228,9 +234,30 @@ class PreprocessTrain:
         return processed
 
 
+class WinnerImageDataset(torch.utils.data.Dataset):
+    """Rows of a map-style dataset through ``PreprocessTrain``, one at a time, so a bad image
+    follows --on_bad_sample (error naming the row, or another row in its place)."""
+
+    def __init__(self, dataset, preprocess, on_bad_sample):
+        self.dataset, self.preprocess, self.on_bad_sample = dataset, preprocess, on_bad_sample
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def load(self, index):
+        processed = self.preprocess({key: [value] for key, value in self.dataset[index].items()})
+        return {key: values[0] for key, values in processed.items()}
+
+    def __getitem__(self, index):
+        item, num_skipped = fetch_with_bad_sample_policy(self.load, index, len(self), self.on_bad_sample,
+                                                         lambda i: f"row {i}")
+        return {**item, "num_skipped": num_skipped}
+
+
 def collate_fn(examples):
     batch = {"pixel_values": torch.stack([e["pixel_values"] for e in examples]).contiguous(),
-             "input_ids": torch.stack([e["input_ids"] for e in examples])}
+             "input_ids": torch.stack([e["input_ids"] for e in examples]),
+             "num_skipped": sum(e.get("num_skipped", 0) for e in examples)}
     if "pixel_values_l" in examples[0]:
         batch["pixel_values_l"] = torch.stack([e["pixel_values_l"] for e in examples]).contiguous()
     return batch
@@ -245,9 +272,9 @@ def build_dataloader(args, accelerator, tokenizer, generators):
             preprocess, batched=True, remove_columns=list(dataset.column_names or []))
         return torch.utils.data.DataLoader(dataset.with_format("torch"), batch_size=args.train_batch_size,
                                            collate_fn=collate_fn, num_workers=args.dataloader_num_workers)
-    dataset = dataset.with_transform(preprocess)
     # A dedicated generator: building the resumed iterator must not consume the global RNG.
-    return torch.utils.data.DataLoader(dataset, shuffle=True, batch_size=args.train_batch_size, collate_fn=collate_fn,
+    return torch.utils.data.DataLoader(WinnerImageDataset(dataset, preprocess, args.on_bad_sample), shuffle=True,
+                                       batch_size=args.train_batch_size, collate_fn=collate_fn,
                                        num_workers=args.dataloader_num_workers, generator=generators.dataloader)
 
 
@@ -325,18 +352,18 @@ def main(args):
     unet, optimizer, train_dataloader, lr_scheduler, num_update_steps_per_epoch = prepare_for_training(
         args, accelerator, unet, optimizer, train_dataloader, streaming=args.streaming)
     register_lora_checkpoint_hooks(accelerator, StableDiffusionPipeline)
-    accelerator.register_for_checkpointing(reference_pool)
     run_config = run_config_of(args, ("rank", "lora_alpha", "loss_type", "pretrained_model_name_or_path"))
     if accelerator.is_main_process:
         accelerator.init_trackers("sspo-sd15", config=tracker_config(args))
     global_step, first_epoch, resume_batches = resume_training_state(
-        args, accelerator, generators, run_config, num_update_steps_per_epoch)
+        args, accelerator, generators, reference_pool, run_config, num_update_steps_per_epoch)
 
     log_run_header(args, accelerator, reference_pool)
     progress_bar = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps",
                         disable=not accelerator.is_local_main_process)
     unwrapped_unet = accelerator.unwrap_model(unet)
-    reference_index, step_metrics = None, []
+    reference_index, step_metrics, num_skipped = None, [], 0
+    nonfinite_guard = NonFiniteGuard(args.max_nonfinite_steps)
 
     for epoch in range(first_epoch, args.num_train_epochs):
         unet.train()
@@ -344,6 +371,7 @@ def main(args):
             train_dataloader.set_epoch(epoch)  # shuffle order depends only on (seed, epoch)
         skip = resume_batches if epoch == first_epoch else 0
         for batch in accelerator.skip_first_batches(train_dataloader, skip) if skip else train_dataloader:
+            num_skipped += int(batch["num_skipped"])
             with accelerator.accumulate(unet):
                 # RCR: one reference per optimizer step, shared by all its micro-batches.
                 if reference_index is None and args.loss_type != "sft":
@@ -382,19 +410,23 @@ def main(args):
                         loss, info = dpo_loss(model_err_w, model_err_s, ref_err_w, ref_err_s, args.beta_dpo)
                     errors = {"model_err_w": model_err_w, "model_err_s": model_err_s, "ref_err_w": ref_err_w, "ref_err_s": ref_err_s}
 
+                loss = inject_nonfinite_for_tests(loss, global_step + 1)
                 accelerator.backward(loss)
                 grad_norm = accelerator.clip_grad_norm_(lora_parameters, args.max_grad_norm) if accelerator.sync_gradients else None
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad()
                 step_metrics.append(micro_batch_metrics(loss, info, errors))
 
             if accelerator.sync_gradients:
                 global_step += 1
-                log_optimizer_step(accelerator, progress_bar, step_metrics, global_step, lr_scheduler, grad_norm,
-                                   reference_pool, reference_index)
+                logs = log_optimizer_step(accelerator, progress_bar, step_metrics, global_step, lr_scheduler, grad_norm,
+                                          reference_pool, reference_index, nonfinite_guard, num_skipped)
+                step_is_finite = nonfinite_guard.check(logs, global_step)
+                if step_is_finite:  # a NaN/inf step is skipped: no update, no snapshot
+                    optimizer.step()
+                    lr_scheduler.step()
+                optimizer.zero_grad()
                 reference_index, step_metrics = None, []
-                snapshot_and_checkpoint(args, accelerator, global_step, reference_pool, generators, run_config)
+                snapshot_and_checkpoint(args, accelerator, global_step, reference_pool, generators, run_config,
+                                        nonfinite_guard, step_is_finite)
                 if args.validation_prompts and global_step % args.validation_steps == 0 and accelerator.is_main_process:
                     log_validation(args, accelerator, unwrapped_unet, vae, text_encoder, tokenizer, weight_dtype, global_step)
             if global_step >= args.max_train_steps:
@@ -403,6 +435,7 @@ def main(args):
             break
 
     accelerator.wait_for_everyone()
+    dump_rank_state_for_tests(accelerator, reference_pool)
     if accelerator.is_main_process:
         save_lora_atomically(StableDiffusionPipeline, args.output_dir, unwrapped_unet)
         logger.info(f"Saved LoRA weights to {args.output_dir}")

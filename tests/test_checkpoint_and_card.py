@@ -51,8 +51,11 @@ def test_lora_from_other_rank_is_refused(tiny_model_dir, tmp_path):
 
 
 def test_latest_ignores_incomplete_checkpoints(tmp_path):
-    for name in ("checkpoint-2", "checkpoint-10", ".tmp-checkpoint-12", "checkpoint-x"):
+    for name in ("checkpoint-2", "checkpoint-10", ".tmp-checkpoint-12", "checkpoint-x", "checkpoint-11"):
         (tmp_path / name).mkdir()
+    for complete in ("checkpoint-2", "checkpoint-10", ".tmp-checkpoint-12"):
+        (tmp_path / complete / sspo_utils.RUN_CONFIG_NAME).write_text("{}")
+    # checkpoint-11 lacks the run config written last (a copy cut short): not complete.
     assert sspo_utils.resolve_resume_checkpoint("latest", str(tmp_path)).endswith("checkpoint-10")
     assert sspo_utils.resolve_resume_checkpoint("latest", str(tmp_path / "empty")) is None
     with pytest.raises(SSPOInputError, match="no such checkpoint"):

@@ -102,7 +102,7 @@ def test_generic_jsonl_and_short_clip_handling(tiny_model_dir, tiny_motion_adapt
     assert [os.path.basename(p) for p, _ in records] == [f"clip_{i}.mp4" for i in range(4)]
     dataset = train.VideoClipDataset(records, args, tokenizer)
     assert dataset[0]["pixel_values"].shape == (8, 3, 64, 64)
-    with pytest.raises(SSPOInputError, match="clip_3.mp4.*fewer than --num_frames 8"):
+    with pytest.raises(SSPOInputError, match="Bad sample video .*clip_3.mp4: it has 5 frames, fewer than --num_frames 8"):
         dataset[3]  # 5 frames < 8
     skipping = train.VideoClipDataset(records, parse(tiny_model_dir, tiny_motion_adapter_dir, video_folder, metadata,
                                                      "--num_frames", "8", "--on_bad_sample", "skip"), tokenizer)
@@ -123,7 +123,7 @@ def test_corrupt_mp4_is_named_or_skipped(tiny_model_dir, tiny_motion_adapter_dir
     args = parse(tiny_model_dir, tiny_motion_adapter_dir, str(bad_folder), metadata)
     records = train.load_video_records(args)
     bad_index = [i for i, (p, _) in enumerate(records) if p.endswith(first)][0]
-    with pytest.raises(SSPOInputError, match=f"Bad video .*{first}"):
+    with pytest.raises(SSPOInputError, match=f"Bad sample video .*{first}"):
         train.VideoClipDataset(records, args, tokenizer)[bad_index]
     args.on_bad_sample = "skip"
     torch.manual_seed(1)
@@ -220,7 +220,7 @@ def test_motion_lora_run_outputs(motion_lora_run, tiny_model_dir, tiny_motion_ad
     output_dir = motion_lora_run
     lora = load_file(output_dir / "pytorch_lora_weights.safetensors")
     assert lora and all("motion_modules" in key for key in lora)  # motion attention only
-    pool = torch.load(output_dir / "checkpoint-3" / "custom_checkpoint_0.pkl", weights_only=False)
+    pool = sspo_utils.ReferencePool.read_state(output_dir / "checkpoint-3" / "reference_pool.safetensors")
     assert pool["steps"] == [0, 1, 2, 3]  # the pool grows by one snapshot per step
     assert sorted(p.name for p in output_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
     validation = sorted(p.name for p in (output_dir / "validation").iterdir())
@@ -249,7 +249,7 @@ def test_motion_lora_resume_from_latest(motion_lora_run, tiny_model_dir, tiny_mo
                                  "--resume_from_checkpoint", "latest"))
     assert_ok(result)
     assert "Resuming from" in result.stdout + result.stderr
-    pool = torch.load(resumed / "checkpoint-4" / "custom_checkpoint_0.pkl", weights_only=False)
+    pool = sspo_utils.ReferencePool.read_state(resumed / "checkpoint-4" / "reference_pool.safetensors")
     assert pool["steps"] == [0, 1, 2, 3, 4]
 
 
@@ -275,7 +275,7 @@ def test_motion_modules_target_saves_adapter_and_resumes(tiny_model_dir, tiny_mo
     initial = MotionAdapter.from_pretrained(tiny_motion_adapter_dir)
     changed = [name for name, p in trained.state_dict().items() if not torch.equal(p, initial.state_dict()[name])]
     assert changed
-    pool = torch.load(tmp_path / "checkpoint-2" / "custom_checkpoint_0.pkl", weights_only=False)
+    pool = sspo_utils.ReferencePool.read_state(tmp_path / "checkpoint-2" / "reference_pool.safetensors")
     assert pool["steps"] == [0, 1, 2] and len(pool["names"]) == len(list(initial.parameters()))  # every motion-module weight
     assert not (tmp_path / "pytorch_lora_weights.safetensors").exists()
 
@@ -285,7 +285,7 @@ def test_num_frames_longer_than_every_clip_is_a_clear_error(tiny_model_dir, tiny
                                  "--num_frames", "40", "--report_to", "none"), launcher="python")
     assert result.returncode == 2
     last_line = result.stderr.strip().splitlines()[-1]
-    assert last_line.startswith("error: Bad video") and "fewer than --num_frames 40" in last_line
+    assert last_line.startswith("error: Bad sample video") and "fewer than --num_frames 40" in last_line
     assert not (tmp_path / "pytorch_lora_weights.safetensors").exists()
 
 

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import sspo_tiny
+import sspo_utils
 
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +65,7 @@ def test_sspo_run_writes_lora_card_images_and_rotates_checkpoints(sspo_run):
     assert "validation_step2_0.png" in validation and "final_lora_step4_0.png" in validation
     assert "final_base_step4_0.png" in validation
     # The pool holds the initial model plus one snapshot per optimizer step so far.
-    pool = torch.load(output_dir / "checkpoint-4" / "custom_checkpoint_0.pkl", weights_only=False)
+    pool = sspo_utils.ReferencePool.read_state(output_dir / "checkpoint-4" / "reference_pool.safetensors")
     assert pool["steps"] == [0, 1, 2, 3, 4]
     assert json.loads((output_dir / "checkpoint-4" / "sspo_run_config.json").read_text())["rank"] == 8
     assert list((output_dir / "logs").rglob("events.out.tfevents.*"))
@@ -122,7 +123,7 @@ def test_resume_from_latest_continues(sspo_run, tiny_model_dir, tiny_imagefolder
     log = result.stdout + result.stderr
     assert "Resuming from" in log and "checkpoint-4" in log
     assert sorted(p.name for p in resumed_dir.glob("checkpoint-*")) == ["checkpoint-5", "checkpoint-6"]
-    pool = torch.load(resumed_dir / "checkpoint-6" / "custom_checkpoint_0.pkl", weights_only=False)
+    pool = sspo_utils.ReferencePool.read_state(resumed_dir / "checkpoint-6" / "reference_pool.safetensors")
     assert pool["steps"] == [0, 1, 2, 3, 4, 5, 6]
     after = load_file(resumed_dir / "pytorch_lora_weights.safetensors")
     assert before.keys() == after.keys()
