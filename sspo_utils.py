@@ -964,7 +964,9 @@ def add_shared_arguments(parser, loss_types: Sequence[str], default_output_dir: 
     group.add_argument("--validation_inference_steps", type=int, default=30)
     group.add_argument("--push_to_hub", action="store_true")
     group.add_argument("--hub_model_id", type=str, default=None)
-    group.add_argument("--hub_token", type=str, default=None)
+    group.add_argument("--hub_token", type=str, default=None,
+                       help="Prefer `hf auth login` or the HF_TOKEN environment variable: a flag shows in process "
+                            "lists. The token is never logged or saved.")
     return parser
 
 
@@ -1007,20 +1009,54 @@ def add_bad_sample_argument(group, what: str):
                             "place and the count is logged as skipped_bad_samples).")
 
 
-def fetch_with_bad_sample_policy(load_item, index: int, num_items: int, on_bad_sample: str, describe):
-    """``load_item(index)``; if it fails, raise a one-line error naming ``describe(index)``
-    (``error``), or draw another index with the global RNG, which the DataLoader seeds per
-    worker (``skip``). Returns (item, number of bad samples skipped)."""
-    for attempt in range(max(num_items, 1)):
-        try:
-            return load_item(index), attempt
-        except Exception as error:
-            if on_bad_sample == "error":
-                reason = input_error_message(error)
-                raise SSPOInputError(f"Bad sample {describe(index)}: {reason} Fix or remove it, or pass "
-                                     "--on_bad_sample skip.") from error
-            index = int(torch.randint(num_items, (1,)))
-    raise SSPOInputError(f"All {num_items} samples tried were bad; check the data.")
+class BadSamplePolicyDataset(torch.utils.data.Dataset):
+    """Base of both scripts' training datasets. Subclasses define ``load(index)`` (decode and
+    augment one sample) and ``describe(index)`` (how to name it in an error).
+
+    * A sample that fails to load stops the run with a one-line error naming it
+      (``on_bad_sample="error"``), or is replaced by another random sample and counted in
+      ``num_skipped`` (``"skip"``).
+    * All randomness inside ``load`` (crops, flips, clip starts, replacement draws) comes from
+      the CPU RNG reseeded from (seed, epoch, index), so a sample's augmentation does not depend
+      on what was loaded before it: a resumed run sees exactly what the straight run saw,
+      whatever the dataloader prefetched before the checkpoint.
+    """
+
+    def __init__(self, num_items: int, on_bad_sample: str, seed: int):
+        self.num_items, self.on_bad_sample, self.seed, self.epoch = num_items, on_bad_sample, seed, 0
+
+    def __len__(self):
+        return self.num_items
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def load(self, index):
+        raise NotImplementedError
+
+    def describe(self, index) -> str:
+        return f"#{index}"
+
+    def __getitem__(self, index):
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(hash((self.seed, self.epoch, index)) % 2**63)
+            for attempt in range(max(self.num_items, 1)):
+                try:
+                    return {**self.load(index), "num_skipped": attempt}
+                except Exception as error:
+                    if self.on_bad_sample == "error":
+                        raise SSPOInputError(f"Bad sample {self.describe(index)}: {input_error_message(error)} Fix or "
+                                             "remove it, or pass --on_bad_sample skip.") from error
+                    index = int(torch.randint(self.num_items, (1,)))
+        raise SSPOInputError(f"All {self.num_items} samples tried were bad; check the data.")
+
+
+def start_epoch(dataloader, epoch: int):
+    """The shuffle order (seedable sampler) and the per-sample augmentation seeds depend only on
+    (seed, epoch); accelerate tells the sampler, this also tells the dataset."""
+    dataloader.set_epoch(epoch)
+    if hasattr(dataloader.dataset, "set_epoch"):
+        dataloader.dataset.set_epoch(epoch)
 
 
 def create_accelerator(args, project_name: str):
@@ -1230,10 +1266,13 @@ def draw_noise_and_timesteps(noise_scheduler, latents, generator):
 
 def log_optimizer_step(accelerator, progress_bar, step_metrics, global_step, lr_scheduler, grad_norm,
                        reference_pool=None, reference_index=None, nonfinite_guard=None, num_skipped=0) -> Dict:
-    """Reduce the step's metrics, add lr, grad_norm, pool size and the age of the RCR draw,
-    update the progress bar and send everything to the trackers."""
+    """Reduce the step's metrics, add lr, grad_norm, pool size and the age of the RCR draw, run
+    the non-finite check (``nonfinite_guard.last_step_finite``), update the progress bar and
+    send everything to the trackers."""
     logs = reduce_step_metrics(accelerator, step_metrics)
     logs.update(lr=lr_scheduler.get_last_lr()[0], grad_norm=float(grad_norm))
+    if nonfinite_guard is not None:
+        nonfinite_guard.check(logs, global_step)
     if nonfinite_guard is not None and nonfinite_guard.total:
         logs["nonfinite_steps"] = nonfinite_guard.total
     if num_skipped:  # bad samples replaced under --on_bad_sample skip, so far (this rank)
@@ -1255,9 +1294,11 @@ class NonFiniteGuard:
         self.max_consecutive = max_consecutive
         self.consecutive = 0
         self.total = 0
+        self.last_step_finite = True
 
     def check(self, logs: Dict, global_step: int) -> bool:
         finite = math.isfinite(logs["loss"]) and math.isfinite(logs["grad_norm"])
+        self.last_step_finite = finite
         if finite:
             self.consecutive = 0
             return True

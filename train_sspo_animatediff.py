@@ -32,6 +32,7 @@ from diffusers.utils import check_min_version
 
 from sspo_utils import (
     SSPO_CARD_SETTINGS,
+    BadSamplePolicyDataset,
     NonFiniteGuard,
     ReferencePool,
     SSPOInputError,
@@ -45,7 +46,6 @@ from sspo_utils import (
     draw_noise_and_timesteps,
     dump_rank_state_for_tests,
     encode_prompt_ids,
-    fetch_with_bad_sample_policy,
     inject_nonfinite_for_tests,
     load_base_components,
     log_optimizer_step,
@@ -67,6 +67,7 @@ from sspo_utils import (
     self_sample_scheduler,
     snapshot_and_checkpoint,
     sspo_loss,
+    start_epoch,
     tokenize,
     tracker_config,
     training_target,
@@ -204,14 +205,15 @@ def decode_video_frames(source, num_frames, stride, rng):
     return np.stack([frames[i] for i in sample_frame_indices(len(frames), num_frames, stride, rng)])
 
 
-class VideoClipDataset(torch.utils.data.Dataset):
-    """Winning clips x^w as (f, 3, H, W) in [-1, 1] plus caption token ids. Decoding runs in the
-    dataloader workers. A bad clip raises (naming the file) or, with ``skip``, is replaced by
-    another clip and counted in ``num_skipped``."""
+class VideoClipDataset(BadSamplePolicyDataset):
+    """Winning clips x^w as (f, 3, H, W) in [-1, 1] plus caption token ids, decoded in the
+    dataloader workers. Bad clips follow --on_bad_sample; the clip start, crop and flip are
+    reproducible per (seed, epoch, clip)."""
 
     def __init__(self, records, args, tokenizer):
+        super().__init__(len(records), args.on_bad_sample, args.seed or 0)
         self.records, self.tokenizer = records, tokenizer
-        self.num_frames, self.stride, self.on_bad_sample = args.num_frames, args.sample_stride, args.on_bad_sample
+        self.num_frames, self.stride = args.num_frames, args.sample_stride
         crop = transforms.RandomCrop if args.random_crop else transforms.CenterCrop
         flip = [transforms.RandomHorizontalFlip()] if args.random_flip else []
         self.transform = transforms.Compose([
@@ -219,12 +221,9 @@ class VideoClipDataset(torch.utils.data.Dataset):
             transforms.Normalize([0.5], [0.5]),
         ])
 
-    def __len__(self):
-        return len(self.records)
-
     def load(self, index):
         source, caption = self.records[index]
-        rng = np.random.default_rng(int(torch.randint(2**31, (1,))))  # seeded per worker by the DataLoader
+        rng = np.random.default_rng(int(torch.randint(2**31, (1,))))
         frames = decode_video_frames(source, self.num_frames, self.stride, rng)
         pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0  # f c h w, one crop/flip per clip
         return {"pixel_values": self.transform(pixels), "input_ids": tokenize(self.tokenizer, [caption])[0]}
@@ -232,10 +231,6 @@ class VideoClipDataset(torch.utils.data.Dataset):
     def describe(self, index):
         source = self.records[index][0]
         return f"video {source}" if isinstance(source, str) else f"video #{index} (bytes)"
-
-    def __getitem__(self, index):
-        item, num_skipped = fetch_with_bad_sample_policy(self.load, index, len(self), self.on_bad_sample, self.describe)
-        return {**item, "num_skipped": num_skipped}
 
 
 def collate_fn(examples):
@@ -387,7 +382,7 @@ def main(args):
 
     for epoch in range(first_epoch, args.num_train_epochs):
         unet.train()
-        train_dataloader.set_epoch(epoch)
+        start_epoch(train_dataloader, epoch)  # shuffle order and clip sampling depend only on (seed, epoch)
         skip = resume_batches if epoch == first_epoch else 0
         for batch in accelerator.skip_first_batches(train_dataloader, skip) if skip else train_dataloader:
             num_skipped += batch["num_skipped"]
@@ -425,9 +420,9 @@ def main(args):
 
             if accelerator.sync_gradients:
                 global_step += 1
-                logs = log_optimizer_step(accelerator, progress_bar, step_metrics, global_step, lr_scheduler, grad_norm,
+                log_optimizer_step(accelerator, progress_bar, step_metrics, global_step, lr_scheduler, grad_norm,
                                           reference_pool, reference_index, nonfinite_guard, num_skipped)
-                step_is_finite = nonfinite_guard.check(logs, global_step)
+                step_is_finite = nonfinite_guard.last_step_finite
                 if step_is_finite:  # a NaN/inf step is skipped: no update, no snapshot
                     optimizer.step()
                     lr_scheduler.step()

@@ -31,6 +31,7 @@ from diffusers.utils import check_min_version
 
 from sspo_utils import (
     SSPO_CARD_SETTINGS,
+    BadSamplePolicyDataset,
     NonFiniteGuard,
     ReferencePool,
     SSPOInputError,
@@ -45,7 +46,6 @@ from sspo_utils import (
     draw_noise_and_timesteps,
     dump_rank_state_for_tests,
     encode_prompt_ids,
-    fetch_with_bad_sample_policy,
     inject_nonfinite_for_tests,
     load_base_components,
     log_images_to_trackers,
@@ -65,6 +65,7 @@ from sspo_utils import (
     self_sample_scheduler,
     snapshot_and_checkpoint,
     sspo_loss,
+    start_epoch,
     tokenize,
     tracker_config,
     training_target,
@@ -234,24 +235,20 @@ class PreprocessTrain:
         return processed
 
 
-class WinnerImageDataset(torch.utils.data.Dataset):
+class WinnerImageDataset(BadSamplePolicyDataset):
     """Rows of a map-style dataset through ``PreprocessTrain``, one at a time, so a bad image
-    follows --on_bad_sample (error naming the row, or another row in its place)."""
+    follows --on_bad_sample and augmentations are reproducible per (seed, epoch, row)."""
 
-    def __init__(self, dataset, preprocess, on_bad_sample):
-        self.dataset, self.preprocess, self.on_bad_sample = dataset, preprocess, on_bad_sample
-
-    def __len__(self):
-        return len(self.dataset)
+    def __init__(self, dataset, preprocess, on_bad_sample, seed):
+        super().__init__(len(dataset), on_bad_sample, seed)
+        self.dataset, self.preprocess = dataset, preprocess
 
     def load(self, index):
         processed = self.preprocess({key: [value] for key, value in self.dataset[index].items()})
         return {key: values[0] for key, values in processed.items()}
 
-    def __getitem__(self, index):
-        item, num_skipped = fetch_with_bad_sample_policy(self.load, index, len(self), self.on_bad_sample,
-                                                         lambda i: f"row {i}")
-        return {**item, "num_skipped": num_skipped}
+    def describe(self, index):
+        return f"row {index}"
 
 
 def collate_fn(examples):
@@ -273,7 +270,7 @@ def build_dataloader(args, accelerator, tokenizer, generators):
         return torch.utils.data.DataLoader(dataset.with_format("torch"), batch_size=args.train_batch_size,
                                            collate_fn=collate_fn, num_workers=args.dataloader_num_workers)
     # A dedicated generator: building the resumed iterator must not consume the global RNG.
-    return torch.utils.data.DataLoader(WinnerImageDataset(dataset, preprocess, args.on_bad_sample), shuffle=True,
+    return torch.utils.data.DataLoader(WinnerImageDataset(dataset, preprocess, args.on_bad_sample, args.seed or 0), shuffle=True,
                                        batch_size=args.train_batch_size, collate_fn=collate_fn,
                                        num_workers=args.dataloader_num_workers, generator=generators.dataloader)
 
@@ -367,8 +364,7 @@ def main(args):
 
     for epoch in range(first_epoch, args.num_train_epochs):
         unet.train()
-        if hasattr(train_dataloader, "set_epoch"):
-            train_dataloader.set_epoch(epoch)  # shuffle order depends only on (seed, epoch)
+        start_epoch(train_dataloader, epoch)  # shuffle order and augmentations depend only on (seed, epoch)
         skip = resume_batches if epoch == first_epoch else 0
         for batch in accelerator.skip_first_batches(train_dataloader, skip) if skip else train_dataloader:
             num_skipped += int(batch["num_skipped"])
@@ -417,9 +413,9 @@ def main(args):
 
             if accelerator.sync_gradients:
                 global_step += 1
-                logs = log_optimizer_step(accelerator, progress_bar, step_metrics, global_step, lr_scheduler, grad_norm,
+                log_optimizer_step(accelerator, progress_bar, step_metrics, global_step, lr_scheduler, grad_norm,
                                           reference_pool, reference_index, nonfinite_guard, num_skipped)
-                step_is_finite = nonfinite_guard.check(logs, global_step)
+                step_is_finite = nonfinite_guard.last_step_finite
                 if step_is_finite:  # a NaN/inf step is skipped: no update, no snapshot
                     optimizer.step()
                     lr_scheduler.step()
