@@ -129,3 +129,43 @@ def test_input_error_message_unwraps_dataloader_worker_text():
     wrapped = SSPOInputError("Caught SSPOInputError in DataLoader worker process 0.\nOriginal Traceback (most recent "
                              "call last):\n  File \"x.py\", line 1\nsspo_utils.SSPOInputError: Could not decode x.png. Fix it.\n")
     assert sspo_utils.input_error_message(wrapped) == "Could not decode x.png. Fix it."
+
+
+class FakeAccelerator:
+    """Just what save_checkpoint_atomically needs; ``fail_after`` files simulates a crash or a full disk."""
+
+    is_main_process, process_index = True, 0
+
+    def __init__(self, fail=False):
+        self.fail = fail
+
+    def wait_for_everyone(self):
+        pass
+
+    def save_state(self, directory):
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "optimizer.bin"), "wb") as f:
+            f.write(b"x" * 10)
+        if self.fail:
+            raise OSError(28, "No space left on device")
+
+
+def test_checkpoint_rotation_and_a_failed_write_keep_the_last_complete_checkpoint(tmp_path):
+    param = torch.nn.Parameter(torch.zeros(3))
+    pool, generators = sspo_utils.ReferencePool([("w", param)]), sspo_utils.TrainingGenerators(0)
+    for step in (1, 2, 3):
+        sspo_utils.save_checkpoint_atomically(FakeAccelerator(), str(tmp_path), step, {"rank": 4}, generators, pool,
+                                              total_limit=1)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-3"]  # limit 1 keeps the newest complete one
+    with pytest.raises(OSError, match="No space left"):
+        sspo_utils.save_checkpoint_atomically(FakeAccelerator(fail=True), str(tmp_path), 4, {"rank": 4}, generators,
+                                              pool, total_limit=1)
+    # The interrupted write is left as a .tmp- folder; the last complete checkpoint is intact and still "latest".
+    assert sorted(os.listdir(tmp_path)) == [".tmp-checkpoint-4", "checkpoint-3"]
+    assert sspo_utils.resolve_resume_checkpoint("latest", str(tmp_path)).endswith("checkpoint-3")
+    restored = sspo_utils.ReferencePool([("w", torch.nn.Parameter(torch.ones(3)))])
+    restored.load(str(tmp_path / "checkpoint-3" / sspo_utils.POOL_FILE_NAME))
+    assert restored.steps == [0] and torch.equal(restored.snapshots[0][0], torch.zeros(3))
+    other = sspo_utils.TrainingGenerators(123)
+    sspo_utils.load_generators(str(tmp_path / "checkpoint-3"), other, 0)
+    assert torch.equal(torch.randn(4, generator=other.noise), torch.randn(4, generator=generators.noise))
