@@ -1045,10 +1045,13 @@ class BadSamplePolicyDataset(torch.utils.data.Dataset):
                     return {**self.load(index), "num_skipped": attempt}
                 except Exception as error:
                     if self.on_bad_sample == "error":
-                        raise SSPOInputError(f"Bad sample {self.describe(index)}: {input_error_message(error)} Fix or "
-                                             "remove it, or pass --on_bad_sample skip.") from error
+                        reason = input_error_message(error).rstrip(".")
+                        raise SSPOInputError(f"Bad sample {self.describe(index)}: {reason}. Fix or remove it, or pass "
+                                             "--on_bad_sample skip.") from error
+                    last_reason = input_error_message(error).rstrip(".")
                     index = int(torch.randint(self.num_items, (1,)))
-        raise SSPOInputError(f"All {self.num_items} samples tried were bad; check the data.")
+        raise SSPOInputError(f"--on_bad_sample skip: all {self.num_items} samples tried were bad (the last: {last_reason}). "
+                             "Check the data and flags such as --num_frames.")
 
 
 def start_epoch(dataloader, epoch: int):

@@ -124,7 +124,8 @@ def parse_args(input_args=None):
     if args.metadata_file is None and args.dataset_name is None:
         raise SSPOInputError("Pass --video_folder with --metadata_file (CSV/JSONL), or --dataset_name.")
     if args.metadata_file is not None and not os.path.isfile(args.metadata_file):
-        raise SSPOInputError(f"--metadata_file {args.metadata_file}: no such file.")
+        raise SSPOInputError(f"--metadata_file {args.metadata_file}: no such file. Pass the CSV or JSONL that lists "
+                             "the clips (e.g. ChronoMagic's caption/ChronoMagic_train.csv), or use --dataset_name.")
     if args.video_folder is not None and not os.path.isdir(args.video_folder):
         raise SSPOInputError(f"--video_folder {args.video_folder}: no such folder.")
     check_shared_args(args, positive=("num_frames", "sample_stride", "num_validation_videos", "validation_fps"))
@@ -201,7 +202,8 @@ def decode_video_frames(source, num_frames, stride, rng):
         stream = container.streams.video[0]
         frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
     if len(frames) < num_frames:
-        raise ValueError(f"it has {len(frames)} frames, fewer than --num_frames {num_frames}")
+        raise ValueError(f"it has {len(frames)} frames, fewer than --num_frames {num_frames} (lower --num_frames if "
+                         "most clips are this short).")
     return np.stack([frames[i] for i in sample_frame_indices(len(frames), num_frames, stride, rng)])
 
 

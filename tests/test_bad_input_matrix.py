@@ -188,10 +188,18 @@ def resources(tiny_model_dir, tiny_imagefolder_dir, tiny_motion_adapter_dir, tmp
     sspo_tiny.write_pickapic_parquet(str(pickapic_ties), [0.5, 0.5, 0.5])
     # Every clip has 6 frames: --num_frames 4 fits, --num_frames 8 is longer than all of them.
     metadata = sspo_tiny.build_tiny_video_dataset(str(root / "videos"), num_videos=2, num_frames=6, layout="chronomagic")
+    # Simulate "bitsandbytes is not installed": a sitecustomize that makes the import system find
+    # no such module (find_spec -> None, import -> ModuleNotFoundError), as on a machine without it.
     fake_bnb = root / "fake_site"
-    (fake_bnb / "bitsandbytes").mkdir(parents=True)
-    (fake_bnb / "bitsandbytes" / "__init__.py").write_text(
-        'raise ImportError("simulated: bitsandbytes is not installed")\n')
+    fake_bnb.mkdir(parents=True)
+    (fake_bnb / "sitecustomize.py").write_text(
+        "import importlib.machinery\n"
+        "_find_spec = importlib.machinery.PathFinder.find_spec\n"
+        "def _hide_bitsandbytes(name, path=None, target=None):\n"
+        "    if name == 'bitsandbytes' or name.startswith('bitsandbytes.'):\n"
+        "        return None\n"
+        "    return _find_spec(name, path, target)\n"
+        "importlib.machinery.PathFinder.find_spec = staticmethod(_hide_bitsandbytes)\n")
     return {
         "model": tiny_model_dir,
         "images": tiny_imagefolder_dir,
