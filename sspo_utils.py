@@ -1316,6 +1316,17 @@ class NonFiniteGuard:
         return self.consecutive >= self.max_consecutive
 
 
+def apply_optimizer_step(optimizer, lr_scheduler, nonfinite_guard: NonFiniteGuard) -> bool:
+    """Update the weights unless the guard found this step's loss or gradient norm non-finite
+    (then the step is skipped: no update); clear the gradients either way."""
+    step_is_finite = nonfinite_guard.last_step_finite
+    if step_is_finite:
+        optimizer.step()
+        lr_scheduler.step()
+    optimizer.zero_grad()
+    return step_is_finite
+
+
 def inject_nonfinite_for_tests(loss: torch.Tensor, step: int) -> torch.Tensor:
     """Test-only fault injection: SSPO_TEST_NONFINITE_STEPS="3,4" makes the loss of those
     optimizer steps NaN. Unset (always, outside tests) it returns ``loss`` untouched."""

@@ -37,6 +37,7 @@ from sspo_utils import (
     SSPOInputError,
     SSPOSelfSamplingPipeline,
     add_bad_sample_argument,
+    apply_optimizer_step,
     add_shared_arguments,
     check_shared_args,
     create_accelerator,
@@ -414,12 +415,8 @@ def main(args):
             if accelerator.sync_gradients:
                 global_step += 1
                 log_optimizer_step(accelerator, progress_bar, step_metrics, global_step, lr_scheduler, grad_norm,
-                                          reference_pool, reference_index, nonfinite_guard, num_skipped)
-                step_is_finite = nonfinite_guard.last_step_finite
-                if step_is_finite:  # a NaN/inf step is skipped: no update, no snapshot
-                    optimizer.step()
-                    lr_scheduler.step()
-                optimizer.zero_grad()
+                                   reference_pool, reference_index, nonfinite_guard, num_skipped)
+                step_is_finite = apply_optimizer_step(optimizer, lr_scheduler, nonfinite_guard)  # NaN/inf: skipped
                 reference_index, step_metrics = None, []
                 snapshot_and_checkpoint(args, accelerator, global_step, reference_pool, generators, run_config,
                                         nonfinite_guard, step_is_finite)
