@@ -18,8 +18,11 @@ Sections, in the paper's vocabulary:
   3. the self-sampling pipeline: ``SSPOSelfSamplingPipeline``
   4. reproducible randomness: ``TrainingGenerators``
   5. checkpoints: atomic save, rotation, ``latest`` lookup, run compatibility
-  6. model card and validation-image helpers
-  7. user-facing errors: ``SSPOInputError``
+  6. model card and validation media (images, GIF/MP4 videos, trackers)
+  7. LoRA save/load and the checkpoint hooks (restore into the existing adapter)
+  8. flag checks and user-facing errors: ``SSPOInputError``, ``SSPOTrainingError``
+  9. script plumbing both trainers share: flags, accelerator, data with ``--on_bad_sample``,
+     resume, the non-finite guard, per-step logging, snapshots and checkpoints
 """
 
 import contextlib
