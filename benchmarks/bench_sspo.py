@@ -176,7 +176,7 @@ def run_config(args, name, queue):
                 loss.backward()
         else:
             with pool.swapped_in(reference_index):
-                with timer.phase("self_sampling" if config["loss_type"] == "sspo" else "other"):
+                with timer.phase("self_sampling" if config["self_sample_steps"] else "other"):
                     if config["loss_type"] == "dpo":
                         with torch.no_grad():
                             latents_l = vae.encode(pixels_l).latent_dist.sample(generators.noise) * vae.config.scaling_factor
