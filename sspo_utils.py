@@ -1117,9 +1117,7 @@ def prepare_for_training(args, accelerator, model, optimizer, dataloader, stream
     Returns (model, optimizer, dataloader, lr_scheduler, num_update_steps_per_epoch)."""
     from diffusers.optimization import get_scheduler
 
-    if args.max_train_steps is None:
-        if streaming:
-            raise SSPOInputError("--streaming datasets have no length: pass --max_train_steps.")
+    if args.max_train_steps is None:  # streaming runs are required to pass it (checked with the flags)
         per_epoch = math.ceil(len(dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
         args.max_train_steps = args.num_train_epochs * per_epoch
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
