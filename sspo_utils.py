@@ -416,6 +416,43 @@ class SSPOSelfSamplingPipeline(StableDiffusionPipeline):
         return latents
 
 
+def self_sample_step(
+    self_sampler: SSPOSelfSamplingPipeline,
+    prompt_embeds: Sequence[torch.Tensor],
+    negative_prompt_embeds: torch.Tensor,
+    height: int,
+    width: int,
+    num_inference_steps: int,
+    guidance_scale: float,
+    generator: torch.Generator,
+    chunk_size: Optional[int] = None,
+    num_frames: Optional[int] = None,
+) -> List[torch.Tensor]:
+    """x^s for every micro-batch of one optimizer step, from the RCR snapshot swapped in.
+
+    ``prompt_embeds`` holds one tensor per micro-batch. All self-samples are generated in
+    batched calls of ``chunk_size`` (default: all at once), which keeps the GPU busy where
+    one small call per micro-batch would not. The initial noise is drawn per micro-batch, in
+    order, exactly as per-micro-batch sampling draws it, so with the deterministic DDIM
+    sampler the result does not depend on ``chunk_size``. (DDPM also draws noise at every
+    denoising step, per call: same distribution, different draws.) Returns one latent
+    tensor per micro-batch.
+    """
+    sizes = [embeds.shape[0] for embeds in prompt_embeds]
+    device, dtype = prompt_embeds[0].device, prompt_embeds[0].dtype
+    initial_noise = torch.cat([
+        randn_tensor(self_sampler.latent_shape(size, height, width, num_frames), generator=generator, device=device,
+                     dtype=dtype) for size in sizes])
+    all_embeds = torch.cat(list(prompt_embeds))
+    chunk_size = chunk_size or len(all_embeds)
+    latents = [
+        self_sampler.sample_latents(all_embeds[start:start + chunk_size], negative_prompt_embeds, height, width,
+                                    num_inference_steps, guidance_scale, generator, num_frames=num_frames,
+                                    latents=initial_noise[start:start + chunk_size])
+        for start in range(0, len(all_embeds), chunk_size)]
+    return list(torch.cat(latents).split(sizes))
+
+
 # ---------------------------------------------------------------------------
 # 4. Reproducible randomness
 # ---------------------------------------------------------------------------
@@ -927,6 +964,11 @@ def add_shared_arguments(parser, loss_types: Sequence[str], default_output_dir: 
     group.add_argument("--self_sample_guidance_scale", type=float, default=7.5, help="CFG scale of self-sampling.")
     group.add_argument("--self_sample_scheduler", choices=SELF_SAMPLE_SCHEDULER_NAMES, default="ddim",
                        help="Sampler of self-sampling, built from the model's scheduler config.")
+    group.add_argument("--self_sample_batch_size", type=int, default=None,
+                       help="Self-samples per generation call. The RCR reference is drawn once per optimizer step, so "
+                            "the x^s of all its micro-batches are generated together, in chunks of this size. Default: "
+                            "all of them (train_batch_size x gradient_accumulation_steps) in one call; lower it to bound "
+                            "memory (e.g. for long videos).")
 
     group = parser.add_argument_group("optimization")
     group.add_argument("--train_batch_size", type=int, default=4)
@@ -981,6 +1023,8 @@ def check_shared_args(args, positive: Sequence[str] = ()):
                  "checkpointing_steps", "validation_steps", "validation_inference_steps", "max_nonfinite_steps", *positive):
         if getattr(args, name) < 1:
             raise SSPOInputError(f"--{name} {getattr(args, name)} must be at least 1.")
+    if args.self_sample_batch_size is not None and args.self_sample_batch_size < 1:
+        raise SSPOInputError(f"--self_sample_batch_size {args.self_sample_batch_size} must be at least 1.")
     if args.max_snapshots is not None and args.max_snapshots < 2:
         raise SSPOInputError(f"--max_snapshots {args.max_snapshots} cannot hold the initial model plus any other; use >= 2.")
     if args.beta_dpo <= 0:
@@ -1055,6 +1099,33 @@ class BadSamplePolicyDataset(torch.utils.data.Dataset):
                     index = int(torch.randint(self.num_items, (1,)))
         raise SSPOInputError(f"--on_bad_sample skip: all {self.num_items} samples tried were bad (the last: {last_reason}). "
                              "Check the data and flags such as --num_frames.")
+
+
+def optimizer_step_batches(accelerator, dataloader, skip: int = 0):
+    """Yields the micro-batches of one optimizer step at a time: up to
+    --gradient_accumulation_steps consecutive batches, fewer at the end of an epoch (where
+    accelerate also steps). Gathering them first lets self-sampling run batched over the
+    whole step. ``skip`` batches are skipped first (resume)."""
+    batches = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
+    step_batches = []
+    for batch in batches:
+        step_batches.append(batch)
+        if len(step_batches) == accelerator.gradient_accumulation_steps:
+            yield step_batches
+            step_batches = []
+    if step_batches:
+        yield step_batches
+
+
+@contextlib.contextmanager
+def accumulate_micro_batch(accelerator, model, is_last: bool):
+    """``accelerator.accumulate(model)`` with the optimizer-step boundary set by
+    ``optimizer_step_batches``: accelerate's own rule would see the end of the dataloader
+    as soon as the last step's batches are gathered, and step too early. Gradients are
+    synced across processes (and the optimizer steps) only on the last micro-batch."""
+    accelerator.sync_gradients = is_last
+    with contextlib.nullcontext() if is_last else accelerator.no_sync(model):
+        yield
 
 
 def start_epoch(dataloader, epoch: int):
@@ -1381,3 +1452,9 @@ def log_run_header(args, accelerator, reference_pool):
         f"{args.train_batch_size} x {accelerator.num_processes} processes x {args.gradient_accumulation_steps} "
         f"accumulation); pool: {len(reference_pool)} snapshot(s), {reference_pool.nbytes_per_snapshot() / 2**20:.1f} MiB each"
     )
+    if args.loss_type == "sspo":
+        per_step = args.train_batch_size * args.gradient_accumulation_steps
+        per_call = min(args.self_sample_batch_size or per_step, per_step)
+        logger.info(f"Self-sampling: {per_step} x^s per optimizer step and process, in {math.ceil(per_step / per_call)} "
+                    f"call(s) of up to {per_call}, {args.self_sample_steps} {args.self_sample_scheduler} steps, "
+                    f"CFG {args.self_sample_guidance_scale}")

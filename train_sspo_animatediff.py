@@ -37,9 +37,10 @@ from sspo_utils import (
     ReferencePool,
     SSPOInputError,
     SSPOSelfSamplingPipeline,
+    accumulate_micro_batch,
     add_bad_sample_argument,
-    apply_optimizer_step,
     add_shared_arguments,
+    apply_optimizer_step,
     check_shared_args,
     create_accelerator,
     create_hub_repo,
@@ -51,11 +52,12 @@ from sspo_utils import (
     load_base_components,
     log_optimizer_step,
     log_run_header,
-    pick_column,
     log_videos_to_trackers,
     micro_batch_metrics,
     noisy_pair,
+    optimizer_step_batches,
     per_sample_error,
+    pick_column,
     prepare_for_training,
     register_checkpoint_hooks,
     register_lora_checkpoint_hooks,
@@ -66,6 +68,7 @@ from sspo_utils import (
     save_model_card,
     save_video,
     self_sample_scheduler,
+    self_sample_step,
     snapshot_and_checkpoint,
     sspo_loss,
     start_epoch,
@@ -380,58 +383,61 @@ def main(args):
     progress_bar = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps",
                         disable=not accelerator.is_local_main_process)
     unwrapped_unet = accelerator.unwrap_model(unet)
-    reference_index, step_metrics, num_skipped = None, [], 0
+    num_skipped = 0
     nonfinite_guard = NonFiniteGuard(args.max_nonfinite_steps)
 
     for epoch in range(first_epoch, args.num_train_epochs):
         unet.train()
         start_epoch(train_dataloader, epoch)  # shuffle order and clip sampling depend only on (seed, epoch)
         skip = resume_batches if epoch == first_epoch else 0
-        for batch in accelerator.skip_first_batches(train_dataloader, skip) if skip else train_dataloader:
-            num_skipped += batch["num_skipped"]
-            with accelerator.accumulate(unet):
-                if reference_index is None and args.loss_type == "sspo":  # RCR, once per optimizer step
-                    reference_index = reference_pool.sample(args.reference_strategy, generators.rcr)
-                with torch.no_grad():
-                    latents_w = encode_video(vae, batch["pixel_values"], weight_dtype, generators.noise)  # z_w: b c f h w
-                    prompt_embeds = encode_prompt_ids(text_encoder, batch["input_ids"])
-                # UNetMotionModel wants one text embedding per frame (diffusers >= 0.31).
-                frame_embeds = prompt_embeds.repeat_interleave(args.num_frames, dim=0)
-                noise, timesteps = draw_noise_and_timesteps(noise_scheduler, latents_w, generators.noise)
+        for step_batches in optimizer_step_batches(accelerator, train_dataloader, skip):
+            num_skipped += sum(int(batch["num_skipped"]) for batch in step_batches)
+            with torch.no_grad():
+                step_prompt_embeds = [encode_prompt_ids(text_encoder, batch["input_ids"]) for batch in step_batches]
+            reference_index = None
+            if args.loss_type == "sspo":  # RCR once per optimizer step; x^s (videos) for all its micro-batches
+                reference_index = reference_pool.sample(args.reference_strategy, generators.rcr)
+                with reference_pool.swapped_in(reference_index):
+                    step_latents_s = self_sample_step(
+                        self_sampler, step_prompt_embeds, negative_prompt_embeds, args.resolution, args.resolution,
+                        args.self_sample_steps, args.self_sample_guidance_scale, generators.sampling,
+                        args.self_sample_batch_size, num_frames=args.num_frames)
+            step_metrics = []
+            for i, (batch, prompt_embeds) in enumerate(zip(step_batches, step_prompt_embeds)):
+                with accumulate_micro_batch(accelerator, unet, is_last=i == len(step_batches) - 1):
+                    with torch.no_grad():
+                        latents_w = encode_video(vae, batch["pixel_values"], weight_dtype, generators.noise)  # z_w: b c f h w
+                    # UNetMotionModel wants one text embedding per frame (diffusers >= 0.31).
+                    frame_embeds = prompt_embeds.repeat_interleave(args.num_frames, dim=0)
+                    noise, timesteps = draw_noise_and_timesteps(noise_scheduler, latents_w, generators.noise)
 
-                if args.loss_type == "sft":
-                    model_pred = unet(noise_scheduler.add_noise(latents_w, noise, timesteps), timesteps, frame_embeds).sample
-                    errors = {"model_err_w": per_sample_error(model_pred, training_target(noise_scheduler, latents_w, noise, timesteps))}
-                    loss, info = errors["model_err_w"].mean(), {}
-                else:
-                    pair_frame_embeds = torch.cat([frame_embeds, frame_embeds])
-                    with reference_pool.swapped_in(reference_index):  # before the policy forward (in-place swap)
-                        latents_s = self_sampler.sample_latents(  # x^s: a video from the drawn checkpoint
-                            prompt_embeds, negative_prompt_embeds, args.resolution, args.resolution, args.self_sample_steps,
-                            args.self_sample_guidance_scale, generators.sampling, num_frames=args.num_frames)
-                        noisy, target, pair_t = noisy_pair(noise_scheduler, latents_w, latents_s, noise, timesteps)
-                        with torch.no_grad():
+                    if args.loss_type == "sft":
+                        model_pred = unet(noise_scheduler.add_noise(latents_w, noise, timesteps), timesteps, frame_embeds).sample
+                        errors = {"model_err_w": per_sample_error(model_pred, training_target(noise_scheduler, latents_w, noise, timesteps))}
+                        loss, info = errors["model_err_w"].mean(), {}
+                    else:
+                        pair_frame_embeds = torch.cat([frame_embeds, frame_embeds])
+                        noisy, target, pair_t = noisy_pair(noise_scheduler, latents_w, step_latents_s[i], noise, timesteps)
+                        with reference_pool.swapped_in(reference_index), torch.no_grad():  # before the policy forward
                             ref_err_w, ref_err_s = per_sample_error(unwrapped_unet(noisy, pair_t, pair_frame_embeds).sample, target).chunk(2)
-                    model_err_w, model_err_s = per_sample_error(unet(noisy, pair_t, pair_frame_embeds).sample, target).chunk(2)
-                    loss, info = sspo_loss(model_err_w, model_err_s, ref_err_w, ref_err_s, args.beta_dpo, args.ssr)
-                    errors = {"model_err_w": model_err_w, "model_err_s": model_err_s, "ref_err_w": ref_err_w, "ref_err_s": ref_err_s}
+                        model_err_w, model_err_s = per_sample_error(unet(noisy, pair_t, pair_frame_embeds).sample, target).chunk(2)
+                        loss, info = sspo_loss(model_err_w, model_err_s, ref_err_w, ref_err_s, args.beta_dpo, args.ssr)
+                        errors = {"model_err_w": model_err_w, "model_err_s": model_err_s, "ref_err_w": ref_err_w, "ref_err_s": ref_err_s}
 
-                loss = inject_nonfinite_for_tests(loss, global_step + 1)
-                accelerator.backward(loss)
-                grad_norm = accelerator.clip_grad_norm_(trained_parameters, args.max_grad_norm) if accelerator.sync_gradients else None
-                step_metrics.append(micro_batch_metrics(loss, info, errors))
+                    loss = inject_nonfinite_for_tests(loss, global_step + 1)
+                    accelerator.backward(loss)
+                    step_metrics.append(micro_batch_metrics(loss, info, errors))
 
-            if accelerator.sync_gradients:
-                global_step += 1
-                log_optimizer_step(accelerator, progress_bar, step_metrics, global_step, lr_scheduler, grad_norm,
-                                   reference_pool, reference_index, nonfinite_guard, num_skipped)
-                step_is_finite = apply_optimizer_step(optimizer, lr_scheduler, nonfinite_guard)  # NaN/inf: skipped
-                reference_index, step_metrics = None, []
-                snapshot_and_checkpoint(args, accelerator, global_step, reference_pool, generators, run_config,
-                                        nonfinite_guard, step_is_finite)
-                if args.validation_prompts and global_step % args.validation_steps == 0 and accelerator.is_main_process:
-                    log_validation(args, accelerator, unwrapped_unet, vae, text_encoder, tokenizer, noise_scheduler,
-                                   weight_dtype, global_step)
+            grad_norm = accelerator.clip_grad_norm_(trained_parameters, args.max_grad_norm)
+            global_step += 1
+            log_optimizer_step(accelerator, progress_bar, step_metrics, global_step, lr_scheduler, grad_norm,
+                               reference_pool, reference_index, nonfinite_guard, num_skipped)
+            step_is_finite = apply_optimizer_step(optimizer, lr_scheduler, nonfinite_guard)  # NaN/inf: skipped
+            snapshot_and_checkpoint(args, accelerator, global_step, reference_pool, generators, run_config,
+                                    nonfinite_guard, step_is_finite)
+            if args.validation_prompts and global_step % args.validation_steps == 0 and accelerator.is_main_process:
+                log_validation(args, accelerator, unwrapped_unet, vae, text_encoder, tokenizer, noise_scheduler,
+                               weight_dtype, global_step)
             if global_step >= args.max_train_steps:
                 break
         if global_step >= args.max_train_steps:

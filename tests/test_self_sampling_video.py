@@ -12,7 +12,7 @@ from diffusers import (
     UNetMotionModel,
 )
 
-from sspo_utils import SSPOSelfSamplingPipeline
+from sspo_utils import SSPOSelfSamplingPipeline, self_sample_step
 
 
 PROMPTS = ["a red circle moving right on a blue background", "a green square moving left on a white background"]
@@ -140,3 +140,19 @@ def test_video_latents_from_given_noise(sampler, embeds, cfg_latents):
         torch.Generator().manual_seed(123), num_frames=NUM_FRAMES, latents=noise,
     )
     assert torch.equal(got, cfg_latents)
+
+
+def test_batched_video_self_samples_equal_per_micro_batch(sampler, embeds):
+    """Two micro-batches of one video each: one batched self_sample_step call gives the videos
+    of one sample_latents call per micro-batch (same generator, drawn in order)."""
+    prompt_embeds, negative_prompt_embeds = embeds
+    micro_batches = list(prompt_embeds.split(1))
+    generator = torch.Generator().manual_seed(5)
+    expected = [sampler.sample_latents(e, negative_prompt_embeds[:1], SIZE, SIZE, STEPS, 7.5, generator,
+                                       num_frames=NUM_FRAMES) for e in micro_batches]
+    batched = self_sample_step(sampler, micro_batches, negative_prompt_embeds[:1], SIZE, SIZE, STEPS, 7.5,
+                               torch.Generator().manual_seed(5), chunk_size=None, num_frames=NUM_FRAMES)
+    assert [tuple(v.shape) for v in batched] == [(1, 4, NUM_FRAMES, 8, 8)] * 2
+    for got, want in zip(batched, expected):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)  # batch-size-dependent fp32 kernels
+    assert not torch.allclose(batched[0], batched[1])
