@@ -2,27 +2,39 @@
 # Copyright 2026 The SSPO reference implementation authors. Apache-2.0.
 """Where the time and memory of an SSPO step go, against SFT and Diffusion-DPO on the same model and data.
 
-One configuration after another (each in a child process, so peak memory is its own):
+One process, one configuration after another, on the same model (loaded once) and the same data:
   sft, dpo, sspo_probe (SSPO with the generation replaced by random latents, to isolate everything
   else), sspo with --self_sample_steps 10 and 20.
 Per configuration: median/min/max optimizer-step time after warm-up, the split into self-sampling,
-snapshot swap, reference forward, policy forward+backward and the rest, peak memory (CUDA
-max_memory_allocated, or the child's peak RSS on CPU) and samples/s. Also: the self-sampling pipeline
-against the stock StableDiffusionPipeline(output_type="latent") called with prompt strings, and the
-overhead ratio (step time / time of the bare UNet passes the step must do).
+snapshot swap, reference forward, policy forward+backward and the rest (per-phase medians), peak memory (CUDA
+max_memory_allocated/max_memory_reserved, or peak RSS on CPU, reset before each configuration),
+samples/s, FLOPs per phase (torch.utils.flop_counter, counted in the first warm-up step), achieved
+FLOP/s and MFU against a matrix-product peak measured in the same run (bf16 on GPU, fp32 on CPU).
+Also:
+  * the self-sampling pipeline against the stock StableDiffusionPipeline(output_type="latent") called
+    with prompt strings;
+  * the overhead ratio (step time / time of the bare UNet passes the step must do);
+  * self-sampling across gradient accumulation: batch 1 x 8 micro-batches generated per micro-batch
+    (sspo_utils.self_sample_step(..., chunk_size=1)) against one batched call (chunk_size=None, or
+    --self_sample_batch_size), samples/s, MFU and the max latent difference between the two.
+Writes bench_sspo.json, bench_sspo.md and phases.png (step time split by phase; needs matplotlib,
+see benchmarks/requirements-bench.txt) to --output_dir.
 
     python benchmarks/bench_sspo.py                       # tiny default, CPU
     python benchmarks/bench_sspo.py --smoke               # CI: 2 steps, asserts nothing about speed
     python benchmarks/bench_sspo.py --pretrained_model_name_or_path PATH --resolution 512 --device cuda
+    python benchmarks/bench_sspo.py --random_init_from_config sd15 --dtype bf16 --gradient_checkpointing \
+        --batch_size 1 --device cuda                      # SD1.5 architecture, random weights, no download
+    bash benchmarks/gpu_smoke.sh                          # the GPU run (see that script)
 
-Not implemented yet (see the README's Performance section): the random-init SD1.5 architecture,
-batched self-sampling across gradient accumulation, FLOP counts and MFU, the phase plot, the GPU
-smoke script.
+--isolate runs each configuration in its own child process instead (own model copy, own peak memory).
 """
 
 import argparse
 import datetime
+import gc
 import json
+import logging
 import multiprocessing
 import os
 import platform
@@ -30,9 +42,11 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from types import SimpleNamespace
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -40,6 +54,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import sspo_tiny  # noqa: E402
 import sspo_utils  # noqa: E402
 
+
+logger = logging.getLogger("bench_sspo")
 
 CONFIGS = {
     "sft": dict(loss_type="sft", self_sample_steps=0),
@@ -49,46 +65,150 @@ CONFIGS = {
     "sspo_20": dict(loss_type="sspo", self_sample_steps=20),
 }
 PHASES = ("self_sampling", "swap", "reference_forward", "policy_forward_backward", "other")
+MFU_PHASES = ("self_sampling", "reference_forward", "policy_forward_backward")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+GUIDANCE_SCALE = 7.5
+
+# SD1.5 (runwayml/stable-diffusion-v1-5) architectures, written out so that no download is needed.
+_SD15_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, center_input_sample=False, flip_sin_to_cos=True, freq_shift=0,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, downsample_padding=1, mid_block_scale_factor=1,
+    act_fn="silu", norm_num_groups=32, norm_eps=1e-5, cross_attention_dim=768, attention_head_dim=8,
+)
+_SD15_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, sample_size=512, layers_per_block=2, act_fn="silu",
+    norm_num_groups=32, block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+)
+_CLIP_L14_TEXT = dict(
+    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+    max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+)
+# The training (DDPM) schedule of SD1.5; the sampler is DDIM built from it, as in the trainers.
+SD15_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                      clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+RANDOM_INIT_CONFIGS = {
+    "sd15": dict(unet=_SD15_UNET, vae=_SD15_VAE, text=_CLIP_L14_TEXT),
+    # Same blocks, layers, heads and 77-token context; every width /10 (UNet, cross-attention) or /4 (VAE),
+    # /8 (text). For CPU tests of the SD1.5 code path (gpu_smoke.sh --device cpu), not for timings.
+    "sd15_reduced": dict(
+        unet=dict(_SD15_UNET, block_out_channels=(32, 64, 128, 128), cross_attention_dim=96),
+        vae=dict(_SD15_VAE, block_out_channels=(32, 64, 128, 128)),
+        text=dict(_CLIP_L14_TEXT, hidden_size=96, intermediate_size=384, projection_dim=96),
+    ),
+}
 
 
 def parse_args(input_args=None):
     parser = argparse.ArgumentParser(description="SSPO step benchmark.")
-    parser.add_argument("--pretrained_model_name_or_path", default=None, help="Default: the tiny model, built locally.")
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--pretrained_model_name_or_path", default=None, help="Default: the tiny model, built locally.")
+    model.add_argument("--random_init_from_config", choices=list(RANDOM_INIT_CONFIGS), default=None,
+                       help="sd15: the SD1.5 UNet, VAE and CLIP ViT-L/14 text encoder architectures with random weights "
+                            "(built on the meta device, materialized on --device; no download). sd15_reduced: the same "
+                            "architecture with narrow widths, for CPU tests.")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32",
+                        help="Frozen weights and activations (autocast), as --mixed_precision in the trainers; "
+                             "LoRA weights stay fp32.")
     parser.add_argument("--resolution", type=int, default=None, help="Default: 64 for the tiny model, else 512.")
     parser.add_argument("--batch_size", type=int, default=2)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10, help="Timed optimizer steps per configuration.")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--warmup", type=int, default=2, help="At least 1: the first warm-up step counts FLOPs.")
+    parser.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS),
+                        help="Training configurations to time (none: only the sampling measurements).")
+    parser.add_argument("--skip", nargs="*", default=[], choices=("stock", "batched"),
+                        help="Leave out the self-sampler vs stock comparison and/or the batched self-sampling one.")
+    parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes' AdamW8bit, as in the trainers.")
+    parser.add_argument("--enable_xformers_memory_efficient_attention", action="store_true",
+                        help="CUDA only. FLOPs are then counted with PyTorch SDPA (same arithmetic).")
+    parser.add_argument("--channels_last", action="store_true", help="UNet weights in channels_last memory format.")
+    parser.add_argument("--compile_unet", action="store_true",
+                        help="torch.compile the UNet for the batched self-sampling measurement (slow to compile on CPU).")
+    parser.add_argument("--self_sample_steps", type=int, default=20,
+                        help="Denoising steps of the sampling measurements (stock comparison, batched sampling).")
+    parser.add_argument("--self_sample_batch_size", type=int, default=None,
+                        help="Chunk size of the batched self-sampling variant (default: all micro-batches at once).")
+    parser.add_argument("--sampling_micro_batches", type=int, default=8,
+                        help="Gradient accumulation steps of the batched self-sampling measurement.")
+    parser.add_argument("--sampling_micro_batch_size", type=int, default=1)
+    parser.add_argument("--num_threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's). On a shared CPU, 1 avoids threads waiting on "
+                             "each other.")
+    parser.add_argument("--isolate", action="store_true",
+                        help="Each configuration in a child process with its own model copy.")
     parser.add_argument("--output_dir", default="bench_results")
-    parser.add_argument("--smoke", action="store_true", help="2 steps, 1 warm-up, sspo_10 with 2 sampling steps.")
+    parser.add_argument("--smoke", action="store_true",
+                        help="2 steps, 1 warm-up, 2 sampling steps everywhere, small matmul peak: for CI.")
     args = parser.parse_args(input_args)
     if args.smoke:
-        args.steps, args.warmup = 2, 1
+        args.steps, args.warmup, args.self_sample_steps = 2, 1, 2
+    if args.warmup < 1 or args.steps < 1:
+        parser.error("--warmup and --steps must be at least 1 (the first warm-up step counts FLOPs)")
+    if args.self_sample_batch_size is not None and args.self_sample_batch_size < 1:
+        parser.error("--self_sample_batch_size must be at least 1")
+    if args.sampling_micro_batches < 1 or args.sampling_micro_batch_size < 1:
+        parser.error("--sampling_micro_batches and --sampling_micro_batch_size must be at least 1")
     return args
 
 
+# ---------------------------------------------------------------------------
+# Timing, memory, FLOPs
+# ---------------------------------------------------------------------------
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def flop_formulas():
+    """FlopCounterMode counts PyTorch's CUDA attention kernels but not the CPU flash-attention op
+    that SDPA runs on CPU; give it the same formula so CPU counts include attention."""
+    aten = torch.ops.aten
+    mapping = {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        mapping[aten._scaled_dot_product_flash_attention_for_cpu] = (
+            lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v))
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
+        mapping[aten._scaled_dot_product_flash_attention_for_cpu_backward] = (
+            lambda grad, q, k, v, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(grad, q, k, v))
+    return mapping
+
+
+def flop_counter():
+    return FlopCounterMode(display=False, custom_mapping=flop_formulas())
+
+
 class PhaseTimer:
-    """Wall time per phase; synchronizes CUDA at phase boundaries so time lands where it is spent."""
+    """Wall time per phase; synchronizes CUDA at phase boundaries so time lands where it is spent.
+    While ``flops`` is a dict, each phase also counts its FLOPs into it."""
 
     def __init__(self, device):
         self.device = torch.device(device)
         self.seconds = dict.fromkeys(PHASES, 0.0)
+        self.flops = None
 
     def sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        sync(self.device)
 
     @contextmanager
     def phase(self, name):
+        counter = flop_counter() if self.flops is not None else nullcontext()
         self.sync()
         start = time.perf_counter()
         try:
-            yield
+            with counter:
+                yield
         finally:
             self.sync()
             self.seconds[name] += time.perf_counter() - start
+            if self.flops is not None:
+                self.flops[name] += counter.get_total_flops()
 
 
 class SwapTimingPool(sspo_utils.ReferencePool):
@@ -108,245 +228,688 @@ class SwapTimingPool(sspo_utils.ReferencePool):
                 context.__exit__(None, None, None)
 
 
-def load_components(args, device):
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(args.pretrained_model_name_or_path, safety_checker=None,
-                                                   requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+def release_memory(device):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
-def synthetic_batch(args, device):
-    from torchvision.transforms.functional import to_tensor
+def reset_peak_memory(device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: "5" resets the peak RSS (VmHWM) to the current RSS
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
-    examples = list(sspo_tiny.synthetic_examples(2 * args.batch_size, seed=0, size=args.resolution))
-    pixels = torch.stack([to_tensor(image) for _, image in examples]) * 2 - 1
-    captions = [caption for caption, _ in examples[: args.batch_size]]
-    return captions, pixels[: args.batch_size].to(device), pixels[args.batch_size:].to(device)
 
-
-def run_config(args, name, queue):
-    """One configuration in a child process: returns step times, phase split and peak memory."""
+def peak_memory(device):
+    """(allocated, reserved) peak bytes on CUDA; (peak RSS, None) on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024, None
+    except OSError:
+        pass
     import resource
 
-    from peft import LoraConfig
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, None  # Linux reports KiB
 
+
+def matmul_peak(device, smoke=False):
+    """The machine's matrix-product throughput, the denominator of MFU: bf16 on GPU, fp32 on CPU.
+    Best of several square products (the peak, not the typical)."""
+    if device.type == "cuda":
+        dtype, n, repeats = torch.bfloat16, 8192, 20
+    else:
+        dtype, n, repeats = torch.float32, (512 if smoke else 2048), (3 if smoke else 8)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        torch.matmul(a, b)
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        sync(device)
+        times.append(time.perf_counter() - start)
+    flops = 2 * n ** 3
+    return {"dtype": str(dtype).replace("torch.", ""), "n": n, "repeats": repeats,
+            "tflops": flops / min(times) / 1e12, "tflops_median": flops / statistics.median(times) / 1e12}
+
+
+# ---------------------------------------------------------------------------
+# Model and data
+# ---------------------------------------------------------------------------
+
+
+def autocast(device, dtype):
+    """What accelerate's mixed precision does to the trainers' UNet calls."""
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def random_init_modules(name):
+    """UNet, VAE, text encoder (on the meta device: no memory, no init time) and tokenizer of a
+    RANDOM_INIT_CONFIGS architecture."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    spec = RANDOM_INIT_CONFIGS[name]
+    # The real CLIP vocabulary is not available offline: the tiny byte-level one covers any caption,
+    # and its ids are far below the 49408 rows of the embedding.
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = CLIPTokenizer(*sspo_tiny.write_tokenizer_files(tmp), model_max_length=77)
+    if len(tokenizer) > spec["text"]["vocab_size"]:
+        raise ValueError(f"tokenizer has {len(tokenizer)} ids, more than the text encoder's {spec['text']['vocab_size']}")
+    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    text_config = CLIPTextConfig(**spec["text"], bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>"),
+                                 eos_token_id=eos, pad_token_id=eos)
+    with init_empty_weights():  # buffers (CLIP's position_ids) stay real
+        unet = UNet2DConditionModel(**spec["unet"])
+        vae = AutoencoderKL(**spec["vae"])
+        text_encoder = CLIPTextModel(text_config)
+    return unet, vae, text_encoder, tokenizer
+
+
+@torch.no_grad()
+def materialize(model, device, dtype):
+    """Allocate a meta-device model on ``device`` and give it PyTorch's default random init there
+    (fast on a GPU, where building 860M parameters on CPU first would not be)."""
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers() if not b.is_meta}
+    model.to_empty(device=device)
+    initialized = set()
+    for module in model.modules():
+        if callable(getattr(module, "reset_parameters", None)):
+            module.reset_parameters()
+            initialized.update(id(p) for p in module.parameters(recurse=False))
+    for p in model.parameters():
+        if id(p) not in initialized:  # parameters no standard layer owns
+            p.normal_(0.0, 0.02)
+    for name, value in buffers.items():  # to_empty left them uninitialized
+        model.get_buffer(name).copy_(value)
+    # nn.Module.to: diffusers' own .to() warns about fp32-only modules that a from-config model has none of
+    return torch.nn.Module.to(model, dtype=dtype)
+
+
+def random_init_pipeline(name, device, dtype, seed=0):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    unet, vae, text_encoder, tokenizer = random_init_modules(name)
+    torch.manual_seed(seed)
+    for model in (unet, vae, text_encoder):
+        materialize(model, device, dtype)
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=DDIMScheduler(**SD15_SCHEDULER), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+
+
+def load_pipeline(args, device, dtype):
+    from diffusers import StableDiffusionPipeline
+
+    if args.random_init_from_config:
+        pipe = random_init_pipeline(args.random_init_from_config, device, dtype)
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(args.pretrained_model_name_or_path, safety_checker=None,
+                                                       requires_safety_checker=False)
+        # as the trainers do: load, then cast the frozen weights (no cast, and no diffusers warning, for fp32)
+        pipe = pipe.to(device) if dtype == torch.float32 else pipe.to(device, dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def trainer_optimizer_args(args):
+    """The trainers' optimizer flags with their default values, so the benchmark's optimizer is
+    built exactly as sspo_utils.create_optimizer builds theirs."""
+    parser = sspo_utils.add_shared_arguments(argparse.ArgumentParser(), ("sspo", "sft", "dpo"), "unused")
+    trainer_args = parser.parse_args(["--pretrained_model_name_or_path", "unused"])
+    trainer_args.use_8bit_adam = args.use_8bit_adam
+    return trainer_args
+
+
+def load_shared(args):
+    """Model, LoRA adapter, sampler and data that every configuration uses, prepared as
+    train_sspo_sd15.py prepares them."""
+    from diffusers import DDIMScheduler
+    from diffusers.training_utils import cast_training_params
+    from peft import LoraConfig
+    from torchvision.transforms.functional import to_tensor
+
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
     torch.manual_seed(0)
-    device = torch.device(args.device)
-    config = dict(CONFIGS[name])
-    if args.smoke and config["self_sample_steps"]:
-        config["self_sample_steps"] = 2
-    pipe = load_components(args, device)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    pipe = load_pipeline(args, device, dtype)
     unet, vae, text_encoder, tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
     for model in (unet, vae, text_encoder):
         model.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian",
                                 target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    cast_training_params(unet, dtype=torch.float32)
+    if args.enable_xformers_memory_efficient_attention:
+        sspo_utils.check_xformers_available()
+        unet.enable_xformers_memory_efficient_attention()
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    if args.channels_last:
+        unet.to(memory_format=torch.channels_last)
+    unet.train()
     trainable = [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
-    parameters = [p for _, p in trainable]
-    optimizer = torch.optim.AdamW(parameters, lr=1e-5)
+    sampler = sspo_utils.SSPOSelfSamplingPipeline.from_training_components(
+        vae, text_encoder, tokenizer, unet, DDIMScheduler.from_config(pipe.scheduler.config))
+
+    examples = list(sspo_tiny.synthetic_examples(2 * args.batch_size, seed=0, size=args.resolution))
+    pixels = (torch.stack([to_tensor(image) for _, image in examples]) * 2 - 1).to(device, dtype)
+    captions = [caption for caption, _ in examples[: args.batch_size]]
+    with autocast(device, dtype):
+        negative = sspo_utils.encode_prompt_ids(text_encoder, sspo_utils.tokenize(tokenizer, [""]))
+    return SimpleNamespace(
+        pipe=pipe, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, sampler=sampler,
+        device=device, dtype=dtype, trainable=trainable, parameters=[p for _, p in trainable],
+        initial_lora=[p.detach().clone() for _, p in trainable], captions=captions,
+        input_ids=sspo_utils.tokenize(tokenizer, captions), pixels_w=pixels[: args.batch_size],
+        pixels_l=pixels[args.batch_size:], negative=negative,
+        attention_processor=type(next(iter(unet.attn_processors.values()))).__name__,
+    )
+
+
+@contextmanager
+def sdpa_for_counting(args, unet):
+    """FlopCounterMode has no formula for xformers' kernels: count with PyTorch SDPA (the same
+    arithmetic), then put xformers back."""
+    if not args.enable_xformers_memory_efficient_attention:
+        yield
+        return
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    unet.set_attn_processor(AttnProcessor2_0())
+    try:
+        yield
+    finally:
+        unet.enable_xformers_memory_efficient_attention()
+
+
+# ---------------------------------------------------------------------------
+# Training configurations
+# ---------------------------------------------------------------------------
+
+
+def run_config(args, name, shared):
+    """Warm-up and timed optimizer steps of one configuration; returns its row."""
+    from diffusers import DDPMScheduler
+
+    torch.manual_seed(0)
+    device, unet = shared.device, shared.unet
+    config = dict(CONFIGS[name])
+    if args.smoke and config["self_sample_steps"]:
+        config["self_sample_steps"] = 2
+    with torch.no_grad():  # every configuration starts from the same fresh adapter
+        for p, initial in zip(shared.parameters, shared.initial_lora):
+            p.copy_(initial)
+            p.grad = None
+    trainer_args = trainer_optimizer_args(args)
+    optimizer = sspo_utils.create_optimizer(trainer_args, shared.parameters, 1)
     timer = PhaseTimer(device)
-    pool = SwapTimingPool(trainable)
+    pool = SwapTimingPool(shared.trainable)
     pool.timer = timer
     pool.add(step=1)  # a non-trivial pool: the draw matters, the cost does not
-    noise_scheduler = __import__("diffusers").DDPMScheduler.from_config(pipe.scheduler.config)
-    sampler = sspo_utils.SSPOSelfSamplingPipeline.from_training_components(
-        vae, text_encoder, tokenizer, unet, __import__("diffusers").DDIMScheduler.from_config(pipe.scheduler.config))
-    captions, pixels_w, pixels_l = synthetic_batch(args, device)
-    input_ids = sspo_utils.tokenize(tokenizer, captions)
-    negative = sspo_utils.encode_prompt_ids(text_encoder, sspo_utils.tokenize(tokenizer, [""]))
+    noise_scheduler = DDPMScheduler.from_config(shared.pipe.scheduler.config)
     generators = sspo_utils.TrainingGenerators(0)
-    step_times = []
+    step_times, step_phases, flops = [], [], dict.fromkeys(PHASES, 0)
+    release_memory(device)
+    reset_peak_memory(device)
     for step in range(args.warmup + args.steps):
-        if step == args.warmup:
-            timer.seconds = dict.fromkeys(PHASES, 0.0)
-        timer.sync()
-        start = time.perf_counter()
-        with timer.phase("other"):
-            with torch.no_grad():
-                latents_w = vae.encode(pixels_w).latent_dist.sample(generators.noise) * vae.config.scaling_factor
-                prompt_embeds = sspo_utils.encode_prompt_ids(text_encoder, input_ids)
-            noise, timesteps = sspo_utils.draw_noise_and_timesteps(noise_scheduler, latents_w, generators.noise)
-            reference_index = pool.sample("uniform", generators.rcr)
-        if config["loss_type"] == "sft":
-            with timer.phase("policy_forward_backward"):
-                noisy = noise_scheduler.add_noise(latents_w, noise, timesteps)
-                loss = sspo_utils.per_sample_error(unet(noisy, timesteps, prompt_embeds).sample, noise).mean()
-                loss.backward()
-        else:
-            with pool.swapped_in(reference_index):
-                with timer.phase("self_sampling" if config["self_sample_steps"] else "other"):
-                    if config["loss_type"] == "dpo":
-                        with torch.no_grad():
-                            latents_l = vae.encode(pixels_l).latent_dist.sample(generators.noise) * vae.config.scaling_factor
-                    elif config["self_sample_steps"]:
-                        latents_l = sampler.sample_latents(prompt_embeds, negative, args.resolution, args.resolution,
-                                                           config["self_sample_steps"], 7.5, generators.sampling)
-                    else:  # probe: no generation
-                        latents_l = torch.randn(latents_w.shape, generator=generators.sampling).to(latents_w)
-                with timer.phase("reference_forward"):
-                    noisy, target, pair_t = sspo_utils.noisy_pair(noise_scheduler, latents_w, latents_l, noise, timesteps)
-                    pair_embeds = torch.cat([prompt_embeds, prompt_embeds])
-                    with torch.no_grad():
-                        ref_w, ref_l = sspo_utils.per_sample_error(unet(noisy, pair_t, pair_embeds).sample, target).chunk(2)
-            with timer.phase("policy_forward_backward"):
-                model_w, model_l = sspo_utils.per_sample_error(unet(noisy, pair_t, pair_embeds).sample, target).chunk(2)
-                if config["loss_type"] == "sspo":
-                    loss, _ = sspo_utils.sspo_loss(model_w, model_l, ref_w, ref_l, 5000.0)
-                else:
-                    loss, _ = sspo_utils.dpo_loss(model_w, model_l, ref_w, ref_l, 5000.0)
-                loss.backward()
-        with timer.phase("other"):
-            optimizer.step()
-            optimizer.zero_grad()
-        timer.sync()
+        counting = step == 0  # FLOPs in the first warm-up step (the counter's overhead is never timed)
+        timer.flops = flops if counting else None
+        timer.seconds = dict.fromkeys(PHASES, 0.0)
+        with sdpa_for_counting(args, unet) if counting else nullcontext():
+            timer.sync()
+            start = time.perf_counter()
+            one_step(config, shared, timer, pool, noise_scheduler, generators, optimizer, trainer_args.max_grad_norm)
+            timer.sync()
         if step >= args.warmup:
             step_times.append(time.perf_counter() - start)
-    bare = bare_unet_seconds(args, unet, sampler, prompt_embeds, negative, latents_w, config, timer)
-    if device.type == "cuda":
-        peak_bytes = torch.cuda.max_memory_allocated(device)
-    else:
-        peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    queue.put({
-        "config": name, **config, "step_seconds_median": statistics.median(step_times),
+            step_phases.append(timer.seconds)
+    peak_bytes, peak_reserved = peak_memory(device)
+    bare = bare_unet_seconds(args, shared, config)
+    median = statistics.median(step_times)
+    row = {
+        "config": name, **config, "step_seconds_median": median,
         "step_seconds_min": min(step_times), "step_seconds_max": max(step_times),
-        "phase_seconds_per_step": {k: v / args.steps for k, v in timer.seconds.items()},
-        "peak_memory_bytes": peak_bytes, "samples_per_second": args.batch_size / statistics.median(step_times),
-        "bare_unet_seconds_per_step": bare, "swap_bytes": pool.nbytes_per_snapshot(),
-    })
+        # medians, like the step time: one stalled step on a shared machine must not move the split
+        "phase_seconds_per_step": {k: statistics.median(p[k] for p in step_phases) for k in PHASES},
+        "phase_seconds_mean": {k: statistics.fmean(p[k] for p in step_phases) for k in PHASES},
+        "peak_memory_bytes": peak_bytes, "peak_reserved_bytes": peak_reserved,
+        "samples_per_second": args.batch_size / median, "bare_unet_seconds_per_step": bare,
+        "swap_bytes": pool.nbytes_per_snapshot(), "flops_per_step": flops,
+    }
+    del optimizer, pool
+    release_memory(device)
+    return row
 
 
-def bare_unet_seconds(args, unet, sampler, prompt_embeds, negative, latents_w, config, timer):
+def one_step(config, shared, timer, pool, noise_scheduler, generators, optimizer, max_grad_norm):
+    """One optimizer step of train_sspo_sd15.py (one micro-batch), phase by phase."""
+    device, dtype, unet, vae = shared.device, shared.dtype, shared.unet, shared.vae
+    amp = autocast(device, dtype)
+    with timer.phase("other"):
+        with torch.no_grad(), amp:
+            latents_w = vae.encode(shared.pixels_w).latent_dist.sample(generators.noise) * vae.config.scaling_factor
+            prompt_embeds = sspo_utils.encode_prompt_ids(shared.text_encoder, shared.input_ids)
+        noise, timesteps = sspo_utils.draw_noise_and_timesteps(noise_scheduler, latents_w, generators.noise)
+        reference_index = pool.sample("uniform", generators.rcr)
+    if config["loss_type"] == "sft":
+        with timer.phase("policy_forward_backward"):
+            noisy = noise_scheduler.add_noise(latents_w, noise, timesteps)
+            with amp:
+                loss = sspo_utils.per_sample_error(unet(noisy, timesteps, prompt_embeds).sample, noise).mean()
+            loss.backward()
+    else:
+        with pool.swapped_in(reference_index):
+            with timer.phase("self_sampling" if config["self_sample_steps"] else "other"):
+                if config["loss_type"] == "dpo":
+                    with torch.no_grad(), amp:
+                        latents_l = vae.encode(shared.pixels_l).latent_dist.sample(generators.noise) * vae.config.scaling_factor
+                elif config["self_sample_steps"]:
+                    with amp:
+                        latents_l = shared.sampler.sample_latents(
+                            prompt_embeds, shared.negative, shared.resolution, shared.resolution,
+                            config["self_sample_steps"], GUIDANCE_SCALE, generators.sampling)
+                else:  # probe: no generation
+                    latents_l = torch.randn(latents_w.shape, generator=generators.sampling).to(latents_w)
+            with timer.phase("reference_forward"):
+                noisy, target, pair_t = sspo_utils.noisy_pair(noise_scheduler, latents_w, latents_l, noise, timesteps)
+                pair_embeds = torch.cat([prompt_embeds, prompt_embeds])
+                with torch.no_grad(), amp:
+                    ref_w, ref_l = sspo_utils.per_sample_error(unet(noisy, pair_t, pair_embeds).sample, target).chunk(2)
+        with timer.phase("policy_forward_backward"):
+            with amp:
+                model_w, model_l = sspo_utils.per_sample_error(unet(noisy, pair_t, pair_embeds).sample, target).chunk(2)
+            if config["loss_type"] == "sspo":
+                loss, _ = sspo_utils.sspo_loss(model_w, model_l, ref_w, ref_l, 5000.0)
+            else:
+                loss, _ = sspo_utils.dpo_loss(model_w, model_l, ref_w, ref_l, 5000.0)
+            loss.backward()
+    with timer.phase("other"):
+        torch.nn.utils.clip_grad_norm_(shared.parameters, max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+def bare_unet_seconds(args, shared, config):
     """Time of the UNet passes the step must do, as bare calls of the same shapes (no data,
     no swap, no loss): the physical floor of the step on this machine."""
+    unet, device = shared.unet, shared.device
+    amp = autocast(device, shared.dtype)
     repeats = max(args.steps // 2, 1)
+    with torch.no_grad(), amp:
+        latents_w = shared.vae.encode(shared.pixels_w).latent_dist.mode() * shared.vae.config.scaling_factor
+        prompt_embeds = sspo_utils.encode_prompt_ids(shared.text_encoder, shared.input_ids)
     batch = latents_w.shape[0]
     pair = torch.cat([latents_w, latents_w])
-    pair_t = torch.full((2 * batch,), 500, device=latents_w.device)
+    pair_t = torch.full((2 * batch,), 500, device=device)
     pair_embeds = torch.cat([prompt_embeds, prompt_embeds])
     single_t = pair_t[:batch]
 
     def one_step():
         if config["loss_type"] == "sft":
-            unet(latents_w, single_t, prompt_embeds).sample.float().mean().backward()
+            with amp:
+                out = unet(latents_w, single_t, prompt_embeds).sample
+            out.float().mean().backward()
             return
         if config["loss_type"] == "sspo" and config["self_sample_steps"]:
             cfg_latents = torch.cat([latents_w, latents_w])
-            cfg_embeds = torch.cat([negative.expand(batch, -1, -1), prompt_embeds])
-            with torch.inference_mode():
+            cfg_embeds = torch.cat([shared.negative.expand(batch, -1, -1), prompt_embeds])
+            with torch.inference_mode(), amp:
                 for _ in range(config["self_sample_steps"]):
                     unet(cfg_latents, single_t.repeat(2), cfg_embeds)
-        with torch.no_grad():
+        with torch.no_grad(), amp:
             unet(pair, pair_t, pair_embeds)
-        unet(pair, pair_t, pair_embeds).sample.float().mean().backward()
+        with amp:
+            out = unet(pair, pair_t, pair_embeds).sample
+        out.float().mean().backward()
 
     one_step()
-    timer.sync()
+    sync(device)
     start = time.perf_counter()
     for _ in range(repeats):
         one_step()
-    timer.sync()
+    sync(device)
     for p in unet.parameters():
         p.grad = None
     return (time.perf_counter() - start) / repeats
 
 
-def sampler_vs_stock(args):
+def _isolated_config(args, name, queue):
+    shared = load_shared(args)
+    shared.resolution = args.resolution
+    queue.put(run_config(args, name, shared))
+
+
+# ---------------------------------------------------------------------------
+# Sampling measurements
+# ---------------------------------------------------------------------------
+
+
+def sampler_vs_stock(args, shared):
     """Self-sampling pipeline (precomputed embeddings) against the stock pipeline called with
     prompt strings, as a user would: same steps, CFG, batch and seed. Returns the time ratio."""
-    device = torch.device(args.device)
-    pipe = load_components(args, device)
-    steps = 2 if args.smoke else 20
-    captions, _, _ = synthetic_batch(args, device)
+    pipe, device = shared.pipe, shared.device
+    steps = args.self_sample_steps
     sampler = sspo_utils.SSPOSelfSamplingPipeline.from_training_components(
         pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.unet, type(pipe.scheduler).from_config(pipe.scheduler.config))
-    prompt_embeds, negative = pipe.encode_prompt(captions, device, 1, True)
-    timer = PhaseTimer(device)
+    with autocast(device, shared.dtype):
+        prompt_embeds, negative = pipe.encode_prompt(shared.captions, device, 1, True)
     results = {"stock": [], "self_sampling": []}
     for repeat in range(1 + (2 if args.smoke else 5)):
         for name in ("stock", "self_sampling"):
             generator = torch.Generator().manual_seed(0)
-            timer.sync()
+            sync(device)
             start = time.perf_counter()
-            if name == "stock":
-                pipe(captions, num_inference_steps=steps, guidance_scale=7.5, output_type="latent", generator=generator,
-                     height=args.resolution, width=args.resolution)
-            else:
-                sampler.sample_latents(prompt_embeds, negative, args.resolution, args.resolution, steps, 7.5, generator)
-            timer.sync()
+            with autocast(device, shared.dtype):
+                if name == "stock":
+                    pipe(shared.captions, num_inference_steps=steps, guidance_scale=GUIDANCE_SCALE, output_type="latent",
+                         generator=generator, height=args.resolution, width=args.resolution)
+                else:
+                    sampler.sample_latents(prompt_embeds, negative, args.resolution, args.resolution, steps,
+                                           GUIDANCE_SCALE, generator)
+            sync(device)
             if repeat:  # the first round is warm-up
                 results[name].append(time.perf_counter() - start)
     stock, ours = statistics.median(results["stock"]), statistics.median(results["self_sampling"])
     return {"steps": steps, "stock_seconds": stock, "self_sampling_seconds": ours, "ratio": ours / stock}
 
 
-def summarize(args, rows, sampler_result):
+def batched_self_sampling(args, shared):
+    """Target 6: the self-samples of all micro-batches of one optimizer step generated per
+    micro-batch (chunk_size=1) or in one batched call, through sspo_utils.self_sample_step, the
+    trainers' own function. Same seeds; reports samples/s, FLOPs, peak memory and the largest
+    latent difference between the two."""
+    device, dtype, unet = shared.device, shared.dtype, shared.unet
+    micro, size = args.sampling_micro_batches, args.sampling_micro_batch_size
+    captions = [caption for caption, _ in sspo_tiny.synthetic_examples(micro * size, seed=1, size=8)]
+    with autocast(device, dtype):
+        embeds = [sspo_utils.encode_prompt_ids(shared.text_encoder, sspo_utils.tokenize(
+            shared.tokenizer, captions[i * size:(i + 1) * size])) for i in range(micro)]
+    variants = {"per_micro_batch": size, "batched": args.self_sample_batch_size}
+
+    def generate(chunk_size):
+        with autocast(device, dtype):
+            return sspo_utils.self_sample_step(shared.sampler, embeds, shared.negative, args.resolution,
+                                               args.resolution, args.self_sample_steps, GUIDANCE_SCALE,
+                                               torch.Generator().manual_seed(0), chunk_size=chunk_size)
+
+    counter = flop_counter()
+    with sdpa_for_counting(args, unet), counter:  # counted before any compilation
+        generate(variants["batched"])
+    flops = counter.get_total_flops()
+    if args.compile_unet:
+        unet.compile()  # in place: the sampler keeps calling the same module
+
+    seconds = {name: [] for name in variants}
+    latents, peaks = {}, {}
+    repeats = 1 if args.smoke else 3
+    for repeat in range(1 + repeats):  # round 0 is warm-up (and compilation)
+        for name, chunk_size in variants.items():
+            release_memory(device)
+            reset_peak_memory(device)
+            sync(device)
+            start = time.perf_counter()
+            out = generate(chunk_size)
+            sync(device)
+            if repeat:
+                seconds[name].append(time.perf_counter() - start)
+            else:
+                latents[name] = [x.float() for x in out]
+                peaks[name] = peak_memory(device)[0] if device.type == "cuda" else None
+    samples = micro * size
+    result = {"micro_batches": micro, "micro_batch_size": size, "steps": args.self_sample_steps,
+              "guidance_scale": GUIDANCE_SCALE, "self_sample_batch_size": args.self_sample_batch_size,
+              "compile_unet": args.compile_unet, "flops": flops, "variants": {}}
+    for name, chunk_size in variants.items():
+        median = statistics.median(seconds[name])
+        result["variants"][name] = {
+            "chunk_size": chunk_size or samples, "calls": -(-samples // (chunk_size or samples)),
+            "seconds": median, "samples_per_second": samples / median, "tflops": flops / median / 1e12,
+            "peak_memory_bytes": peaks[name]}
+    result["batched_over_per_micro_batch"] = (result["variants"]["batched"]["samples_per_second"]
+                                              / result["variants"]["per_micro_batch"]["samples_per_second"])
+    result["max_abs_latent_diff"] = max(float((a - b).abs().max())
+                                        for a, b in zip(latents["per_micro_batch"], latents["batched"]))
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------
+
+
+def add_mfu(rows, batched, peak):
+    """Achieved FLOP/s and MFU per phase, from the counted FLOPs and the timed phase seconds."""
+    peak_flops = peak["tflops"] * 1e12
+    for row in rows:
+        row["tflops"], row["mfu"] = {}, {}
+        for phase in MFU_PHASES:
+            seconds, flops = row["phase_seconds_per_step"][phase], row["flops_per_step"][phase]
+            if seconds > 0 and flops > 0:
+                row["tflops"][phase] = flops / seconds / 1e12
+                row["mfu"][phase] = row["tflops"][phase] * 1e12 / peak_flops
+        total = sum(row["flops_per_step"].values())
+        row["tflops"]["step"] = total / row["step_seconds_median"] / 1e12
+        row["mfu"]["step"] = row["tflops"]["step"] * 1e12 / peak_flops
+    if batched:
+        for variant in batched["variants"].values():
+            variant["mfu"] = variant["tflops"] * 1e12 / peak_flops
+
+
+def summarize(rows, sampler_result, batched):
+    """Targets of the performance issue. 'max' targets are met at or below, 'min' at or above.
+    6 and 7 are defined for a GPU at SD1.5 size; elsewhere they are for information."""
     by_name = {row["config"]: row for row in rows}
-    targets = {"1_self_sampling_over_stock": (sampler_result["ratio"], 1.00)}
+    targets = {}
+    if sampler_result:
+        targets["1_self_sampling_over_stock"] = (sampler_result["ratio"], "max", 1.00)
     if "dpo" in by_name and "sspo_probe" in by_name:
         targets["2_sspo_without_sampling_over_dpo"] = (
-            by_name["sspo_probe"]["step_seconds_median"] / by_name["dpo"]["step_seconds_median"], 1.05)
+            by_name["sspo_probe"]["step_seconds_median"] / by_name["dpo"]["step_seconds_median"], "max", 1.05)
         targets["4_peak_memory_sspo_over_dpo"] = (
             max(r["peak_memory_bytes"] for n, r in by_name.items() if n.startswith("sspo"))
-            / by_name["dpo"]["peak_memory_bytes"], 1.05)
+            / by_name["dpo"]["peak_memory_bytes"], "max", 1.05)
     sspo_runs = [r for n, r in by_name.items() if n.startswith("sspo_") and r["self_sample_steps"]]
     if sspo_runs:
         slowest = max(sspo_runs, key=lambda r: r["self_sample_steps"])
-        targets["3_overhead_ratio_sspo"] = (slowest["step_seconds_median"] / slowest["bare_unet_seconds_per_step"], 1.10)
-        targets["5_swap_share_of_step"] = (slowest["phase_seconds_per_step"]["swap"] / slowest["step_seconds_median"], 0.01)
-    return {name: {"measured": value, "target": target, "met": value <= target} for name, (value, target) in targets.items()}
+        targets["3_overhead_ratio_sspo"] = (slowest["step_seconds_median"] / slowest["bare_unet_seconds_per_step"],
+                                            "max", 1.10)
+        targets["5_swap_share_of_step"] = (slowest["phase_seconds_per_step"]["swap"] / slowest["step_seconds_median"],
+                                           "max", 0.01)
+    if batched:
+        targets["6_batched_over_per_micro_batch_sampling"] = (batched["batched_over_per_micro_batch"], "min", 1.5)
+        targets["7_self_sampling_mfu_batched"] = (batched["variants"]["batched"]["mfu"], "min", 0.30)
+    return {name: {"measured": value, "kind": kind, "target": target,
+                   "met": value <= target if kind == "max" else value >= target,
+                   "scope": "GPU, SD1.5 size" if name[0] in "67" else "any"}
+            for name, (value, kind, target) in targets.items()}
+
+
+def machine_info(device):
+    cpu_model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu_model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import diffusers
+
+    now = datetime.datetime.now().astimezone()
+    return {"device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model,
+            "cpu_model": cpu_model, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "cuda": torch.version.cuda, "diffusers": diffusers.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "date": now.date().isoformat(), "datetime": now.isoformat(timespec="seconds")}
+
+
+def _f(value, spec=".3f"):
+    return "-" if value is None else format(value, spec)
 
 
 def markdown(report):
-    lines = [f"Machine: {report['machine']['device_name']}, {report['machine']['cpu_count']} CPU cores, torch "
-             f"{report['machine']['torch']}, {report['machine']['date']}. Model: {report['model']}, "
-             f"{report['resolution']} px, batch {report['batch_size']}, LoRA rank {report['rank']}, "
-             f"{report['steps']} timed steps.", "",
-             "| config | step s (median) | min | max | self-sampling | swap | ref fwd | policy fwd+bwd | other | "
-             "peak memory MiB | samples/s | step / bare UNet |", "|" + " --- |" * 12]
-    for row in report["configs"]:
-        phases = row["phase_seconds_per_step"]
-        lines.append(f"| {row['config']} | {row['step_seconds_median']:.3f} | {row['step_seconds_min']:.3f} | "
-                     f"{row['step_seconds_max']:.3f} | " + " | ".join(f"{phases[p]:.3f}" for p in PHASES) +
-                     f" | {row['peak_memory_bytes'] / 2**20:.0f} | {row['samples_per_second']:.2f} | "
-                     f"{row['step_seconds_median'] / row['bare_unet_seconds_per_step']:.2f} |")
+    machine, s = report["machine"], report["settings"]
+    lines = [f"Machine: {machine['device_name']} ({machine['device']}), {machine['cpu_count']} CPU cores, torch "
+             f"{machine['torch']}, {machine['date']}. Model: {report['model']}, {report['resolution']} px, "
+             f"batch {report['batch_size']}, LoRA rank {report['rank']}, {report['steps']} timed steps, "
+             f"{s['dtype']}, attention {s['attention_processor']}, gradient checkpointing "
+             f"{'on' if s['gradient_checkpointing'] else 'off'}, optimizer {s['optimizer']}"
+             f"{', channels_last' if s['channels_last'] else ''}.", ""]
+    if report["configs"]:
+        lines += ["| config | step s (median) | min | max | self-sampling | swap | ref fwd | policy fwd+bwd | other | "
+                  "peak memory MiB | peak reserved MiB | samples/s | step / bare UNet |", "|" + " --- |" * 13]
+        for row in report["configs"]:
+            phases = row["phase_seconds_per_step"]
+            reserved = row["peak_reserved_bytes"] / 2**20 if row["peak_reserved_bytes"] else None
+            lines.append(f"| {row['config']} | {row['step_seconds_median']:.3f} | {row['step_seconds_min']:.3f} | "
+                         f"{row['step_seconds_max']:.3f} | " + " | ".join(f"{phases[p]:.3f}" for p in PHASES) +
+                         f" | {row['peak_memory_bytes'] / 2**20:.0f} | {_f(reserved, '.0f')} | "
+                         f"{row['samples_per_second']:.2f} | "
+                         f"{row['step_seconds_median'] / row['bare_unet_seconds_per_step']:.2f} |")
+        lines += ["", "Phase columns are per-phase medians over the timed steps (their sum can differ from the median step)."]
+        if report["machine"]["device"] == "cpu":
+            lines.append("Peak memory on CPU is the process's peak RSS since the configuration started (model included).")
+        lines.append("")
+    peak = report["matmul_peak"]
+    label = "CPU MFU" if report["machine"]["device"] == "cpu" else "MFU"
+    lines += [f"FLOPs (torch.utils.flop_counter, one step) and {label} against the measured {peak['dtype']} matmul "
+              f"peak of {peak['tflops']:.3g} TFLOP/s ({peak['n']}x{peak['n']}x{peak['n']}, best of {peak['repeats']}). "
+              "With gradient checkpointing the counts include the recomputed forward.", ""]
+    if report["configs"]:
+        lines += ["| config | GFLOP/step self-sampling | ref fwd | policy fwd+bwd | other | total | "
+                  "TFLOP/s self-sampling | ref fwd | policy fwd+bwd | step | "
+                  f"{label} self-sampling | ref fwd | policy fwd+bwd | step |", "|" + " --- |" * 15]
+        for row in report["configs"]:
+            fl = row["flops_per_step"]
+            gflop = [fl["self_sampling"], fl["reference_forward"], fl["policy_forward_backward"],
+                     fl["other"] + fl["swap"], sum(fl.values())]
+            keys = MFU_PHASES + ("step",)
+            lines.append(f"| {row['config']} | " + " | ".join(f"{g / 1e9:.3g}" for g in gflop) + " | "
+                         + " | ".join(_f(row["tflops"].get(k), ".3g") for k in keys) + " | "
+                         + " | ".join(_f(row["mfu"][k] * 100, ".2f") + "%" if k in row["mfu"] else "-" for k in keys)
+                         + " |")
+        lines.append("")
     sampler = report["self_sampling_vs_stock"]
-    lines += ["", f"Self-sampling pipeline vs stock pipeline ({sampler['steps']} steps, CFG 7.5): "
-              f"{sampler['self_sampling_seconds']:.3f} s vs {sampler['stock_seconds']:.3f} s, ratio {sampler['ratio']:.2f}.",
-              "", "| target | measured | goal | met |", "| --- | --- | --- | --- |"]
-    lines += [f"| {name} | {t['measured']:.3f} | <= {t['target']} | {'yes' if t['met'] else 'no'} |"
-              for name, t in report["targets"].items()]
+    if sampler:
+        lines += [f"Self-sampling pipeline vs stock pipeline ({sampler['steps']} steps, CFG {GUIDANCE_SCALE}): "
+                  f"{sampler['self_sampling_seconds']:.3f} s vs {sampler['stock_seconds']:.3f} s, "
+                  f"ratio {sampler['ratio']:.2f}.", ""]
+    batched = report["batched_self_sampling"]
+    if batched:
+        lines += [f"Self-sampling across gradient accumulation (batch {batched['micro_batch_size']} x "
+                  f"{batched['micro_batches']} micro-batches, {batched['steps']} steps, CFG {GUIDANCE_SCALE}, "
+                  f"sspo_utils.self_sample_step{', torch.compile' if batched['compile_unet'] else ''}; "
+                  f"{batched['flops'] / 1e9:.4g} GFLOP per optimizer step):", "",
+                  f"| variant | chunk | calls | seconds | samples/s | TFLOP/s | {label} | peak memory MiB |",
+                  "|" + " --- |" * 8]
+        for name, v in batched["variants"].items():
+            peak_mib = v["peak_memory_bytes"] / 2**20 if v["peak_memory_bytes"] else None
+            lines.append(f"| {name} | {v['chunk_size']} | {v['calls']} | {v['seconds']:.3f} | "
+                         f"{v['samples_per_second']:.2f} | {v['tflops']:.3g} | {v['mfu'] * 100:.2f}% | "
+                         f"{_f(peak_mib, '.0f')} |")
+        lines += ["", f"Batched / per micro-batch: {batched['batched_over_per_micro_batch']:.2f}x; "
+                      f"max |latent difference| {batched['max_abs_latent_diff']:.3g}.", ""]
+    lines += ["| target | measured | goal | met | scope |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {name} | {t['measured']:.3f} | {'<=' if t['kind'] == 'max' else '>='} {t['target']} | "
+              f"{'yes' if t['met'] else 'no'} | {t['scope']} |" for name, t in report["targets"].items()]
     return "\n".join(lines) + "\n"
 
 
+def plot_phases(report, path):
+    """Stacked bars: seconds per optimizer step by phase, one bar per configuration."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: no %s (pip install -r benchmarks/requirements-bench.txt)", path)
+        return None
+    rows = report["configs"]
+    if not rows:
+        return None
+    names = [row["config"] for row in rows]
+    fig, ax = plt.subplots(figsize=(10, 1.4 + 0.55 * len(rows)))
+    left = [0.0] * len(rows)
+    for phase in PHASES:
+        widths = [row["phase_seconds_per_step"][phase] for row in rows]
+        ax.barh(names, widths, left=left, label=phase.replace("_", " "))
+        left = [a + b for a, b in zip(left, widths)]
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds per optimizer step (median of each phase over the timed steps)")
+    machine, settings = report["machine"], report["settings"]
+    ax.set_title(f"{report['model']}, {report['resolution']} px, batch {report['batch_size']}, {settings['dtype']}\n"
+                 f"{machine['device_name']} ({machine['device']}), {machine['date']}", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a bar
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main(args):
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.makedirs(args.output_dir, exist_ok=True)
+    device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        if args.pretrained_model_name_or_path is None:
+        if args.random_init_from_config:
+            model_name = f"{args.random_init_from_config} architecture (random weights)"
+            args.resolution = args.resolution or (512 if args.random_init_from_config == "sd15" else 64)
+        elif args.pretrained_model_name_or_path is None:
             args.pretrained_model_name_or_path = sspo_tiny.build_tiny_pipeline(os.path.join(tmp, "tiny"))
             model_name, args.resolution = "tiny SD1.5-shaped (random weights)", args.resolution or 64
         else:
             model_name, args.resolution = args.pretrained_model_name_or_path, args.resolution or 512
-        context = multiprocessing.get_context("spawn")
+        shared = load_shared(args)
+        shared.resolution = args.resolution
         rows = []
         for name in args.configs:
-            queue = context.Queue()
-            child = context.Process(target=run_config, args=(args, name, queue))
-            child.start()
-            rows.append(queue.get())
-            child.join()
+            if args.isolate:
+                context = multiprocessing.get_context("spawn")
+                queue = context.Queue()
+                child = context.Process(target=_isolated_config, args=(args, name, queue))
+                child.start()
+                rows.append(queue.get())
+                child.join()
+            else:
+                rows.append(run_config(args, name, shared))
             print(f"{name}: {rows[-1]['step_seconds_median']:.3f} s/step", flush=True)
-        sampler_result = sampler_vs_stock(args)
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else (platform.processor() or "cpu")
+        sampler_result = None if "stock" in args.skip else sampler_vs_stock(args, shared)
+        batched = None if "batched" in args.skip else batched_self_sampling(args, shared)  # last: may compile the UNet
+        settings = {"dtype": args.dtype, "gradient_checkpointing": args.gradient_checkpointing,
+                    "optimizer": sspo_utils.optimizer_class(args.use_8bit_adam).__name__,
+                    "use_8bit_adam": args.use_8bit_adam, "attention_processor": shared.attention_processor,
+                    "xformers": args.enable_xformers_memory_efficient_attention, "channels_last": args.channels_last,
+                    "compile_unet": args.compile_unet, "isolate": args.isolate,
+                    "self_sample_steps": args.self_sample_steps,
+                    "lora_parameters": sum(p.numel() for p in shared.parameters),
+                    "unet_parameters": sum(p.numel() for p in shared.unet.parameters())}
+        del shared
+        release_memory(device)
+    peak = matmul_peak(device, args.smoke)
+    add_mfu(rows, batched, peak)
     report = {
-        "machine": {"device": args.device, "device_name": device_name, "cpu_count": os.cpu_count(),
-                    "torch": torch.__version__, "python": platform.python_version(),
-                    "date": datetime.date.today().isoformat()},
-        "model": model_name, "resolution": args.resolution, "batch_size": args.batch_size, "rank": args.rank,
-        "steps": args.steps, "warmup": args.warmup, "smoke": args.smoke,
-        "configs": rows, "self_sampling_vs_stock": sampler_result, "targets": summarize(args, rows, sampler_result),
+        "machine": machine_info(device), "model": model_name, "resolution": args.resolution,
+        "batch_size": args.batch_size, "rank": args.rank, "steps": args.steps, "warmup": args.warmup,
+        "smoke": args.smoke, "settings": settings, "matmul_peak": peak, "configs": rows,
+        "self_sampling_vs_stock": sampler_result, "batched_self_sampling": batched,
+        "targets": summarize(rows, sampler_result, batched),
     }
+    report["phase_plot"] = plot_phases(report, os.path.join(args.output_dir, "phases.png"))
     with open(os.path.join(args.output_dir, "bench_sspo.json"), "w") as f:
         json.dump(report, f, indent=2)
     table = markdown(report)

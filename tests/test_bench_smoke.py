@@ -1,27 +1,121 @@
-"""benchmarks/bench_sspo.py in smoke mode: it runs and writes its table and JSON (timings are not tested)."""
+"""benchmarks/bench_sspo.py in smoke mode: it runs and writes its table, JSON and plot (timings are not tested);
+the random-init SD1.5 architecture; benchmarks/gpu_smoke.sh on CPU (slow)."""
 
+import importlib
 import json
 import os
 import subprocess
 import sys
 
+import pytest
+import torch
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(REPO_ROOT, "benchmarks", "bench_sspo.py")
+PHASES = {"self_sampling", "swap", "reference_forward", "policy_forward_backward", "other"}
 
 
-def test_benchmark_smoke_writes_table_and_json(tmp_path):
+def bench_module():
+    sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
+    try:
+        return importlib.import_module("bench_sspo")
+    finally:
+        sys.path.pop(0)
+
+
+def has_matplotlib():
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def test_benchmark_smoke_writes_table_json_and_plot(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "benchmarks", "bench_sspo.py"), "--smoke",
+    # One thread: on a shared 2-core CPU two threads wait on each other and the run takes minutes.
+    result = subprocess.run([sys.executable, BENCH, "--smoke", "--num_threads", "1",
                              "--configs", "dpo", "sspo_probe", "sspo_10", "--output_dir", str(tmp_path)],
                             capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads((tmp_path / "bench_sspo.json").read_text())
+    assert {"device", "device_name", "torch", "date", "cpu_model", "cpu_count"} <= set(report["machine"])
+    assert report["settings"]["optimizer"] == "AdamW" and report["settings"]["dtype"] == "fp32"
+    assert report["matmul_peak"]["dtype"] == "float32" and report["matmul_peak"]["tflops"] > 0
     assert [row["config"] for row in report["configs"]] == ["dpo", "sspo_probe", "sspo_10"]
     for row in report["configs"]:
         assert row["step_seconds_median"] > 0 and row["peak_memory_bytes"] > 0
-        assert set(row["phase_seconds_per_step"]) == {"self_sampling", "swap", "reference_forward",
-                                                      "policy_forward_backward", "other"}
-    assert report["configs"][2]["phase_seconds_per_step"]["self_sampling"] > 0
-    assert report["configs"][1]["phase_seconds_per_step"]["self_sampling"] == 0  # the probe skips generation
-    assert {"1_self_sampling_over_stock", "2_sspo_without_sampling_over_dpo", "3_overhead_ratio_sspo"} <= set(report["targets"])
+        assert set(row["phase_seconds_per_step"]) == PHASES and set(row["flops_per_step"]) == PHASES
+        assert row["flops_per_step"]["reference_forward"] > 0 and row["flops_per_step"]["policy_forward_backward"] > 0
+        # same batch as the reference pass; with frozen base weights the backward is about one more forward
+        assert 1.8 < row["flops_per_step"]["policy_forward_backward"] / row["flops_per_step"]["reference_forward"] < 3.5
+        assert {"reference_forward", "policy_forward_backward", "step"} <= set(row["mfu"])
+    dpo, probe, sspo = report["configs"]
+    assert sspo["phase_seconds_per_step"]["self_sampling"] > 0 and sspo["flops_per_step"]["self_sampling"] > 0
+    assert "self_sampling" in sspo["mfu"]
+    assert probe["phase_seconds_per_step"]["self_sampling"] == 0  # the probe skips generation
+    assert probe["flops_per_step"]["self_sampling"] == 0
+
+    batched = report["batched_self_sampling"]
+    assert (batched["micro_batches"], batched["micro_batch_size"]) == (8, 1)
+    assert batched["variants"]["per_micro_batch"]["calls"] == 8 and batched["variants"]["batched"]["calls"] == 1
+    for variant in batched["variants"].values():
+        assert variant["samples_per_second"] > 0 and variant["mfu"] > 0
+    assert batched["batched_over_per_micro_batch"] > 0
+    assert batched["max_abs_latent_diff"] < 1e-3  # same seeds, same latents up to float reordering
+
+    assert {"1_self_sampling_over_stock", "2_sspo_without_sampling_over_dpo", "3_overhead_ratio_sspo",
+            "6_batched_over_per_micro_batch_sampling", "7_self_sampling_mfu_batched"} <= set(report["targets"])
     table = (tmp_path / "bench_sspo.md").read_text()
-    assert "| sspo_10 |" in table and "Self-sampling pipeline vs stock pipeline" in table
+    for text in ("| sspo_10 |", "Self-sampling pipeline vs stock pipeline", "CPU MFU", "| per_micro_batch |",
+                 "| batched |", "Batched / per micro-batch", "| 7_self_sampling_mfu_batched |"):
+        assert text in table
+    if has_matplotlib():
+        assert report["phase_plot"] and (tmp_path / "phases.png").stat().st_size > 0
+    else:
+        assert report["phase_plot"] is None and "matplotlib is not installed" in result.stderr
+
+
+def test_random_init_sd15_has_the_real_architecture():
+    """Built on the meta device: the SD1.5 parameter counts, no memory, no download."""
+    bench = bench_module()
+    unet, vae, text_encoder, tokenizer = bench.random_init_modules("sd15")
+    assert sum(p.numel() for p in unet.parameters()) == 859_520_964
+    assert sum(p.numel() for p in vae.parameters()) == 83_653_863
+    assert sum(p.numel() for p in text_encoder.parameters()) == 123_060_480
+    assert all(p.is_meta for p in unet.parameters())
+    assert tuple(unet.config.block_out_channels) == (320, 640, 1280, 1280) and unet.config.cross_attention_dim == 768
+    ids = tokenizer(["a photo of an astronaut riding a horse"], padding="max_length", max_length=77).input_ids[0]
+    assert len(ids) == 77 and max(ids) < text_encoder.config.vocab_size
+    assert text_encoder.config.eos_token_id == tokenizer.convert_tokens_to_ids("<|endoftext|>")
+
+
+def test_random_init_reduced_materializes_and_runs():
+    bench = bench_module()
+    pipe = bench.random_init_pipeline("sd15_reduced", torch.device("cpu"), torch.float32)
+    position_ids = next(b for n, b in pipe.text_encoder.named_buffers() if n.endswith("position_ids"))
+    assert torch.equal(position_ids.flatten(), torch.arange(77))  # buffers survive to_empty
+    assert not any(p.is_meta for p in pipe.unet.parameters())
+    assert pipe.scheduler.config.beta_schedule == "scaled_linear" and pipe.scheduler.config.num_train_timesteps == 1000
+    with torch.no_grad():
+        embeds = pipe.text_encoder(pipe.tokenizer(["a red circle"], padding="max_length", max_length=77,
+                                                  return_tensors="pt").input_ids)[0]
+        out = pipe.unet(torch.randn(1, 4, 8, 8), 500, embeds).sample
+    assert out.shape == (1, 4, 8, 8) and torch.isfinite(out).all()
+
+
+@pytest.mark.slow
+def test_gpu_smoke_script_on_cpu(tmp_path):
+    """benchmarks/gpu_smoke.sh --device cpu: the GPU script's variants on the reduced SD1.5 architecture."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    summary_dir = tmp_path / "summary"
+    result = subprocess.run(["bash", os.path.join(REPO_ROOT, "benchmarks", "gpu_smoke.sh"), "--device", "cpu",
+                             "--output_dir", str(tmp_path / "out"), "--summary_dir", str(summary_dir)],
+                            capture_output=True, text=True, env=env, timeout=1800)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((summary_dir / "gpu_smoke_summary.json").read_text())
+    variants = {v["variant"]: v for v in summary["variants"]}
+    assert {"adamw_sdpa", "adam8bit_sdpa"} <= set(variants)
+    assert variants["adam8bit_sdpa"]["settings"]["optimizer"] == "AdamW8bit"
+    assert all(v["settings"]["gradient_checkpointing"] for v in variants.values())
+    sspo = next(row for row in variants["adam8bit_sdpa"]["configs"] if row["config"] == "sspo_20")
+    assert sspo["peak_memory_bytes"] > 0 and sspo["phase_seconds_per_step"]["self_sampling"] > 0
+    text = (summary_dir / "gpu_smoke_summary.md").read_text()
+    assert "| adam8bit_sdpa | sspo_20 |" in text and "sd15_reduced" in text
+    assert "xformers" in result.stdout  # says whether xformers was used or why not

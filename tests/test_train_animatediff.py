@@ -1,6 +1,5 @@
 """train_sspo_animatediff.py: clip sampling and decoding, and end-to-end runs for each --train_target."""
 
-import json
 import os
 import shutil
 import subprocess

@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# Copyright 2026 The SSPO reference implementation authors. Apache-2.0.
+#
+# GPU smoke benchmark of SSPO, offline, in under 8 minutes on one H100:
+#   the SD1.5 architecture with random weights (bench_sspo.py --random_init_from_config sd15: no download),
+#   512 px, batch 1, bf16, gradient checkpointing, self-sampling with 20 steps;
+#   with AdamW and with bitsandbytes' 8-bit AdamW; with PyTorch SDPA and, when its kernels run on this GPU's
+#   torch, xformers; then the self-sampling measurements with channels_last and torch.compile while time is left.
+# Reports step time, phase split and peak VRAM per variant, and whether an SSPO step fits in 12 GiB with 8-bit
+# Adam and checkpointing (peak reserved by PyTorch's allocator; the CUDA context adds a few hundred MiB).
+#
+#   bash benchmarks/prepare_gpu_wheels.sh     # where pip can download: fills benchmarks/wheels (gitignored)
+#   bash benchmarks/gpu_smoke.sh --summary_dir "$OUT"                   # on the GPU machine, carrying benchmarks/wheels
+#   bash benchmarks/gpu_smoke.sh --device cpu --output_dir /tmp/smoke   # CPU test of this script
+#
+# --device cpu runs the same variants on the *reduced* SD1.5 architecture (--random_init_from_config sd15_reduced:
+# the same blocks, layers, heads and 77-token context with narrow widths), 64 px, fp32 (bf16 is emulated on most
+# CPUs and many times slower) and bench_sspo.py --smoke step counts (2 sampling steps). It tests the script, it
+# measures nothing. xformers and the torch.compile variant are skipped on CPU.
+#
+# Options: --device cuda|cpu, --output_dir DIR (every variant's JSON, table, plot and log), --summary_dir DIR (a
+# copy of the summary, at most 5 files), --budget_s N (default 450 on GPU: variants that would not fit are skipped).
+# Environment: PYTHON (default python3), SSPO_SITE (where wheels are installed, default /tmp/sspo_site).
+
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+DEVICE=cuda
+OUT_DIR="${TMPDIR:-/tmp}/sspo_gpu_smoke"
+SUMMARY_DIR=""
+BUDGET=""
+while (($#)); do
+  case "$1" in
+    --device) DEVICE=$2; shift 2 ;;
+    --output_dir) OUT_DIR=$2; shift 2 ;;
+    --summary_dir) SUMMARY_DIR=$2; shift 2 ;;
+    --budget_s) BUDGET=$2; shift 2 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+if [[ "$DEVICE" != cuda && "$DEVICE" != cpu ]]; then echo "--device must be cuda or cpu" >&2; exit 2; fi
+BUDGET=${BUDGET:-$([[ $DEVICE == cuda ]] && echo 450 || echo 3600)}
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+mkdir -p "$OUT_DIR"
+
+# 1. Packages. The GPU image has torch, accelerate, peft and transformers but not diffusers, datasets,
+#    bitsandbytes or xformers: install the wheels carried in benchmarks/wheels, without deps or network.
+if "$PY" -c "import diffusers, bitsandbytes" 2>/dev/null; then
+  echo "packages: diffusers and bitsandbytes already importable, nothing installed"
+else
+  shopt -s nullglob
+  wheels=(benchmarks/wheels/*.whl)
+  if ((${#wheels[@]} == 0)); then
+    echo "packages: diffusers/bitsandbytes missing and no benchmarks/wheels/*.whl:" \
+         "run benchmarks/prepare_gpu_wheels.sh where pip can download, and carry benchmarks/wheels" >&2
+    exit 2
+  fi
+  SITE=${SSPO_SITE:-/tmp/sspo_site}
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "${wheels[@]}" \
+    || { echo "packages: pip install of benchmarks/wheels failed" >&2; exit 2; }
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+  echo "packages: installed ${#wheels[@]} wheels into $SITE"
+fi
+"$PY" -c "import torch, diffusers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffusers.__version__)" \
+  || exit 2
+if [[ $DEVICE == cuda ]] && ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+  echo "no CUDA device visible: run with --device cpu for the CPU test" >&2
+  exit 2
+fi
+
+# 2. xformers: only when its kernel runs here and agrees with SDPA (a wheel built for another torch/CUDA fails).
+XFORMERS=0
+if [[ $DEVICE == cuda ]]; then
+  if xf_msg=$("$PY" - 2>&1 <<'EOF'
+import torch
+import torch.nn.functional as F
+import xformers
+import xformers.ops as xops
+q = torch.randn(2, 256, 8, 64, device="cuda", dtype=torch.bfloat16)
+out = xops.memory_efficient_attention(q, q, q)
+ref = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, q, q))).transpose(1, 2)
+err = (out - ref).abs().max().item()
+assert err < 5e-2, f"xformers differs from SDPA by {err}"
+print(f"xformers {xformers.__version__} runs (max diff to SDPA {err:.2g})")
+EOF
+  ); then
+    XFORMERS=1
+    echo "xformers: ${xf_msg##*$'\n'}"
+  else
+    echo "xformers: not usable here, SDPA only (${xf_msg##*$'\n'})"
+  fi
+else
+  echo "xformers: skipped on CPU (its kernels are CUDA-only), SDPA only"
+fi
+
+# 3. The variants, most important first; each runs only if its expected time still fits the budget.
+if [[ $DEVICE == cuda ]]; then
+  COMMON=(--device cuda --random_init_from_config sd15 --resolution 512 --batch_size 1 --dtype bf16
+          --gradient_checkpointing --self_sample_steps 20 --steps 5 --warmup 2)
+else
+  COMMON=(--device cpu --random_init_from_config sd15_reduced --resolution 64 --batch_size 1 --dtype fp32
+          --gradient_checkpointing --smoke)
+fi
+FAILED=()
+NOTES=()
+run_variant() {  # name, required (1/0), seconds it needs at least, bench_sspo.py flags...
+  local name=$1 required=$2 need=$3
+  shift 3
+  local left=$((BUDGET - SECONDS))
+  if ((left < need)); then
+    NOTES+=("$name: skipped, ${left}s of the ${BUDGET}s budget left (needs ~${need}s)")
+    echo "=== $name: skipped (${left}s left)"
+    return
+  fi
+  echo "=== $name: bench_sspo.py $* (${left}s left)"
+  local start=$SECONDS
+  timeout "$left" "$PY" benchmarks/bench_sspo.py "${COMMON[@]}" "$@" --output_dir "$OUT_DIR/$name" \
+    >"$OUT_DIR/$name.log" 2>&1
+  local rc=$?
+  if ((rc == 0)); then
+    grep -E "^(\| (sft|dpo|sspo_|per_micro|batched)|Batched)" "$OUT_DIR/$name/bench_sspo.md"
+    echo "    ($((SECONDS - start)) s)"
+  else
+    [[ $rc == 124 ]] && why="stopped at the time budget" || why="failed (rc $rc)"
+    echo "$name $why; last lines of $OUT_DIR/$name.log:"
+    tail -n 15 "$OUT_DIR/$name.log"
+    NOTES+=("$name: $why after $((SECONDS - start)) s")
+    ((required)) && FAILED+=("$name")
+  fi
+}
+
+run_variant adamw_sdpa 1 60 --configs sft dpo sspo_probe sspo_10 sspo_20
+run_variant adam8bit_sdpa 1 30 --use_8bit_adam --configs dpo sspo_20 --skip stock batched
+if ((XFORMERS)); then
+  run_variant adam8bit_xformers 0 40 --use_8bit_adam --enable_xformers_memory_efficient_attention \
+    --configs dpo sspo_20 --skip stock
+  run_variant adamw_xformers 0 30 --enable_xformers_memory_efficient_attention --configs sspo_20 --skip stock batched
+fi
+if [[ $DEVICE == cuda ]]; then  # target 7: can the sampler get closer to the matmul peak?
+  run_variant sampling_channels_last 0 30 --channels_last --configs --skip stock
+  run_variant sampling_compile 0 120 --channels_last --compile_unet --configs --skip stock
+fi
+
+# 4. Summary of all variants: gpu_smoke_summary.md / .json in --output_dir (and --summary_dir).
+"$PY" - "$OUT_DIR" "$BUDGET" "$SECONDS" "$XFORMERS" "${NOTES[@]}" <<'EOF'
+import glob, json, os, sys
+
+out_dir, budget, elapsed, xformers, notes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5:]
+GIB = 2 ** 30
+variants = []
+for path in sorted(glob.glob(os.path.join(out_dir, "*", "bench_sspo.json")), key=os.path.getmtime):
+    report = json.load(open(path))
+    report["variant"] = os.path.basename(os.path.dirname(path))
+    variants.append(report)
+if not variants:
+    sys.exit("no variant produced a report")
+first = variants[0]
+m = first["machine"]
+cpu = m["device"] == "cpu"
+mem = "peak RSS GiB (CPU)" if cpu else "peak allocated GiB | peak reserved GiB"
+lines = [f"# SSPO GPU smoke: {m['device_name']} ({m['device']}), torch {m['torch']}, diffusers {m['diffusers']}, {m['date']}",
+         "", f"Model: {first['model']}, {first['resolution']} px, batch {first['batch_size']}, "
+         f"{first['settings']['dtype']}, LoRA rank {first['rank']}, {first['steps']} timed steps after "
+         f"{first['warmup']} warm-up. xformers: {'used in the *_xformers variants' if xformers else 'not usable, SDPA only'}. "
+         f"{elapsed} s of a {budget} s budget.", "",
+         f"| variant | config | sampling steps | step s (median) | self-sampling | swap | ref fwd | policy fwd+bwd | other | {mem} |",
+         "|" + " --- |" * (10 if cpu else 11)]
+for v in variants:
+    for row in v["configs"]:
+        p = row["phase_seconds_per_step"]
+        memory = f"{row['peak_memory_bytes'] / GIB:.2f}"
+        if not cpu:
+            memory += f" | {row['peak_reserved_bytes'] / GIB:.2f}"
+        lines.append(f"| {v['variant']} | {row['config']} | {row['self_sample_steps']} | {row['step_seconds_median']:.3f} | "
+                     + " | ".join(f"{p[k]:.3f}" for k in ("self_sampling", "swap", "reference_forward",
+                                                          "policy_forward_backward", "other")) + f" | {memory} |")
+label = "CPU MFU" if cpu else "MFU"
+sampling = [v for v in variants if v.get("batched_self_sampling")]
+if sampling:
+    lines += ["", f"Self-sampling, batch 1 x 8 micro-batches ({label} against the {first['matmul_peak']['dtype']} "
+              "matmul peak measured in each run):", "",
+              f"| variant | steps | per micro-batch samples/s | batched samples/s | batched / per micro-batch | batched TFLOP/s | "
+              f"batched {label} | matmul peak TFLOP/s | max latent diff |", "|" + " --- |" * 9]
+    for v in sampling:
+        b = v["batched_self_sampling"]
+        per, bat = b["variants"]["per_micro_batch"], b["variants"]["batched"]
+        lines.append(f"| {v['variant']} | {b['steps']} | {per['samples_per_second']:.2f} | {bat['samples_per_second']:.2f} | "
+                     f"{b['batched_over_per_micro_batch']:.2f} | {bat['tflops']:.3g} | {bat['mfu'] * 100:.1f}% | "
+                     f"{v['matmul_peak']['tflops']:.3g} | {b['max_abs_latent_diff']:.3g} |")
+goal = []
+for v in variants:
+    if v["settings"]["use_8bit_adam"] and v["settings"]["gradient_checkpointing"]:
+        for row in v["configs"]:
+            if row["config"].startswith("sspo_") and row["self_sample_steps"]:
+                held = row["peak_memory_bytes"] if cpu else row["peak_reserved_bytes"]
+                goal.append(f"- {v['variant']} {row['config']}: peak {'RSS' if cpu else 'reserved'} {held / GIB:.2f} GiB: "
+                            + ("CPU run, not VRAM" if cpu else ("fits" if held <= 12 * GIB else "does NOT fit") + " in 12 GiB"))
+lines += ["", "Goal: an SSPO step in 12 GiB of VRAM with 8-bit Adam and gradient checkpointing:"] + (goal or ["- no such run"])
+if notes:
+    lines += ["", "Notes:"] + [f"- {n}" for n in notes]
+text = "\n".join(lines) + "\n"
+open(os.path.join(out_dir, "gpu_smoke_summary.md"), "w").write(text)
+json.dump({"budget_s": budget, "elapsed_s": elapsed, "xformers": xformers, "notes": notes,
+           "variants": [{k: v[k] for k in ("variant", "machine", "model", "resolution", "batch_size", "settings",
+                                           "matmul_peak", "configs", "batched_self_sampling", "targets")} for v in variants]},
+          open(os.path.join(out_dir, "gpu_smoke_summary.json"), "w"), indent=2)
+print(text)
+EOF
+summary_rc=$?
+
+if [[ -n "$SUMMARY_DIR" ]]; then
+  mkdir -p "$SUMMARY_DIR"
+  cp "$OUT_DIR"/gpu_smoke_summary.md "$OUT_DIR"/gpu_smoke_summary.json "$SUMMARY_DIR"/ 2>/dev/null
+  [[ -f "$OUT_DIR/adamw_sdpa/bench_sspo.md" ]] && cp "$OUT_DIR/adamw_sdpa/bench_sspo.md" "$SUMMARY_DIR/adamw_sdpa_bench_sspo.md"
+  [[ -f "$OUT_DIR/adamw_sdpa/phases.png" ]] && cp "$OUT_DIR/adamw_sdpa/phases.png" "$SUMMARY_DIR/adamw_sdpa_phases.png"
+fi
+echo "total: ${SECONDS}s; results in $OUT_DIR"
+if ((${#FAILED[@]})) || ((summary_rc)); then
+  echo "FAILED: ${FAILED[*]}" >&2
+  exit 1
+fi
