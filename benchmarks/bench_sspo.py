@@ -28,9 +28,21 @@ see benchmarks/requirements-bench.txt) to --output_dir.
     bash benchmarks/gpu_smoke.sh                          # the GPU run (see that script)
 
 --isolate runs each configuration in its own child process instead (own model copy, own peak memory).
+
+--video times train_sspo_animatediff.py's step instead: a UNetMotionModel (2D UNet + MotionAdapter), video
+latents (b, c, f, h, w), text embeddings repeated per frame, self-sampling through
+sspo_utils.self_sample_step(..., num_frames=...), the trainer's --train_target (motion_lora, lora or
+motion_modules; the trainer's own set_trainable picks what trains and what the RCR pool snapshots). dpo is
+skipped (the AnimateDiff trainer has no DPO); the stock comparison uses AnimateDiffPipeline; the snapshot swap is
+also timed for every train target (--swap_train_targets), with the snapshot size.
+
+    python benchmarks/bench_sspo.py --video               # tiny model + tiny MotionAdapter, 8 frames, CPU
+    python benchmarks/bench_sspo.py --video --random_init_from_config sd15 --dtype bf16 --gradient_checkpointing \
+        --batch_size 1 --device cuda                      # SD1.5 + animatediff-motion-adapter-v1-5-2 architectures
 """
 
 import argparse
+import copy
 import datetime
 import gc
 import json
@@ -53,6 +65,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import sspo_tiny  # noqa: E402
 import sspo_utils  # noqa: E402
+# The AnimateDiff trainer's own model building, trainable-parameter choice and video encoding (no side
+# effects at import), so that --video times exactly what it trains.
+from train_sspo_animatediff import build_motion_unet, encode_video, set_trainable  # noqa: E402
 
 
 logger = logging.getLogger("bench_sspo")
@@ -89,16 +104,27 @@ _CLIP_L14_TEXT = dict(
 # The training (DDPM) schedule of SD1.5; the sampler is DDIM built from it, as in the trainers.
 SD15_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                       clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+# MotionAdapter architecture of guoyww/animatediff-motion-adapter-v1-5-2 (AnimateDiff v2: a motion module in the
+# mid block too, 32-frame position encoding): 453,209,280 parameters.
+_ANIMATEDIFF_V152_ADAPTER = dict(
+    block_out_channels=(320, 640, 1280, 1280), motion_layers_per_block=2, motion_mid_block_layers_per_block=1,
+    motion_num_attention_heads=8, motion_norm_num_groups=32, motion_max_seq_length=32, use_motion_mid_block=True,
+)
 RANDOM_INIT_CONFIGS = {
-    "sd15": dict(unet=_SD15_UNET, vae=_SD15_VAE, text=_CLIP_L14_TEXT),
+    "sd15": dict(unet=_SD15_UNET, vae=_SD15_VAE, text=_CLIP_L14_TEXT, motion_adapter=_ANIMATEDIFF_V152_ADAPTER),
     # Same blocks, layers, heads and 77-token context; every width /10 (UNet, cross-attention) or /4 (VAE),
     # /8 (text). For CPU tests of the SD1.5 code path (gpu_smoke.sh --device cpu), not for timings.
     "sd15_reduced": dict(
         unet=dict(_SD15_UNET, block_out_channels=(32, 64, 128, 128), cross_attention_dim=96),
         vae=dict(_SD15_VAE, block_out_channels=(32, 64, 128, 128)),
         text=dict(_CLIP_L14_TEXT, hidden_size=96, intermediate_size=384, projection_dim=96),
+        motion_adapter=dict(_ANIMATEDIFF_V152_ADAPTER, block_out_channels=(32, 64, 128, 128)),
     ),
 }
+TRAIN_TARGETS = ("motion_lora", "lora", "motion_modules")  # train_sspo_animatediff.py --train_target
+ANIMATEDIFF_BETA_SCHEDULE = "linear"  # train_sspo_animatediff.py --beta_schedule default
+VIDEO_SKIPPED_CONFIGS = {
+    "dpo": "image-only: train_sspo_animatediff.py trains with --loss_type sspo or sft (there are no loser clips)"}
 
 
 def parse_args(input_args=None):
@@ -120,8 +146,9 @@ def parse_args(input_args=None):
     parser.add_argument("--warmup", type=int, default=2, help="At least 1: the first warm-up step counts FLOPs.")
     parser.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS),
                         help="Training configurations to time (none: only the sampling measurements).")
-    parser.add_argument("--skip", nargs="*", default=[], choices=("stock", "batched"),
-                        help="Leave out the self-sampler vs stock comparison and/or the batched self-sampling one.")
+    parser.add_argument("--skip", nargs="*", default=[], choices=("stock", "batched", "swap"),
+                        help="Leave out the self-sampler vs stock comparison, the batched self-sampling one and/or "
+                             "(--video) the swap timing of the other train targets.")
     parser.add_argument("--gradient_checkpointing", action="store_true")
     parser.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes' AdamW8bit, as in the trainers.")
     parser.add_argument("--enable_xformers_memory_efficient_attention", action="store_true",
@@ -141,6 +168,19 @@ def parse_args(input_args=None):
                              "each other.")
     parser.add_argument("--isolate", action="store_true",
                         help="Each configuration in a child process with its own model copy.")
+    video = parser.add_argument_group("video (AnimateDiff, train_sspo_animatediff.py)")
+    video.add_argument("--video", action="store_true",
+                       help="Time the AnimateDiff text-to-video step (UNetMotionModel = 2D UNet + MotionAdapter).")
+    video.add_argument("--num_frames", type=int, default=None, help="Default: 8 for the tiny model, else 16.")
+    video.add_argument("--motion_adapter_name_or_path", default=None,
+                       help="A MotionAdapter (hub id or folder). Default: the tiny MotionAdapter "
+                            "(sspo_tiny.build_tiny_motion_adapter) for the tiny model; with --random_init_from_config, "
+                            "the animatediff-motion-adapter-v1-5-2 architecture with random weights (no download).")
+    video.add_argument("--train_target", choices=TRAIN_TARGETS, default="motion_lora",
+                       help="What trains and what the RCR pool snapshots, as in train_sspo_animatediff.py.")
+    video.add_argument("--swap_train_targets", nargs="*", choices=TRAIN_TARGETS, default=list(TRAIN_TARGETS),
+                       help="Train targets whose snapshot swap is timed (target 5): the slowest SSPO configuration "
+                            "run again with each one that is not --train_target.")
     parser.add_argument("--output_dir", default="bench_results")
     parser.add_argument("--smoke", action="store_true",
                         help="2 steps, 1 warm-up, 2 sampling steps everywhere, small matmul peak: for CI.")
@@ -153,6 +193,18 @@ def parse_args(input_args=None):
         parser.error("--self_sample_batch_size must be at least 1")
     if args.sampling_micro_batches < 1 or args.sampling_micro_batch_size < 1:
         parser.error("--sampling_micro_batches and --sampling_micro_batch_size must be at least 1")
+    if not args.video:
+        given = [flag for flag, value in (("--num_frames", args.num_frames),
+                                          ("--motion_adapter_name_or_path", args.motion_adapter_name_or_path))
+                 if value is not None]
+        if given:
+            parser.error(f"{' and '.join(given)} need --video")
+    else:
+        if args.num_frames is not None and args.num_frames < 1:
+            parser.error("--num_frames must be at least 1")
+        if args.pretrained_model_name_or_path and not args.motion_adapter_name_or_path:
+            parser.error("--video with --pretrained_model_name_or_path needs --motion_adapter_name_or_path "
+                         "(e.g. guoyww/animatediff-motion-adapter-v1-5-2)")
     return args
 
 
@@ -366,6 +418,53 @@ def load_pipeline(args, device, dtype):
     return pipe
 
 
+def random_init_motion_adapter(name):
+    """The MotionAdapter of a RANDOM_INIT_CONFIGS architecture, on the meta device."""
+    from accelerate import init_empty_weights
+    from diffusers import MotionAdapter
+
+    with init_empty_weights():
+        return MotionAdapter(**RANDOM_INIT_CONFIGS[name]["motion_adapter"])
+
+
+def video_pipeline(vae, text_encoder, tokenizer, unet, scheduler_config):
+    """AnimateDiffPipeline around a UNetMotionModel, as the AnimateDiff trainer's validation builds it, on the
+    trainer's schedule (its --beta_schedule default, clip_sample off) with DDIM, its default self-sampler."""
+    from diffusers import AnimateDiffPipeline, DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(scheduler_config, beta_schedule=ANIMATEDIFF_BETA_SCHEDULE, clip_sample=False)
+    return AnimateDiffPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                               motion_adapter=None, scheduler=scheduler)
+
+
+def load_video_pipeline(args, device, dtype):
+    from accelerate import init_empty_weights
+    from diffusers import StableDiffusionPipeline, UNetMotionModel
+
+    if args.random_init_from_config and not args.motion_adapter_name_or_path:
+        # The whole UNetMotionModel on the meta device, materialized once on `device`: no 2D UNet copy first.
+        unet2d, vae, text_encoder, tokenizer = random_init_modules(args.random_init_from_config)
+        adapter = random_init_motion_adapter(args.random_init_from_config)
+        with init_empty_weights():
+            unet = UNetMotionModel.from_unet2d(unet2d, adapter, load_weights=False)
+        torch.manual_seed(0)
+        for model in (unet, vae, text_encoder):
+            materialize(model, device, dtype)
+        pipe = video_pipeline(vae, text_encoder, tokenizer, unet, SD15_SCHEDULER)
+    else:
+        if args.random_init_from_config:
+            base = random_init_pipeline(args.random_init_from_config, device, dtype)
+        else:
+            base = StableDiffusionPipeline.from_pretrained(args.pretrained_model_name_or_path, safety_checker=None,
+                                                           requires_safety_checker=False)
+        unet = build_motion_unet(args, base.unet)  # the trainer's: MotionAdapter.from_pretrained + from_unet2d
+        for model in (base.vae, base.text_encoder, unet):  # as the trainer: load, then cast the frozen weights
+            model.to(device) if dtype == torch.float32 else model.to(device, dtype=dtype)  # fp32: no diffusers warning
+        pipe = video_pipeline(base.vae, base.text_encoder, base.tokenizer, unet, base.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def trainer_optimizer_args(args):
     """The trainers' optimizer flags with their default values, so the benchmark's optimizer is
     built exactly as sspo_utils.create_optimizer builds theirs."""
@@ -387,13 +486,17 @@ def load_shared(args):
         torch.set_num_threads(args.num_threads)
     torch.manual_seed(0)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    pipe = load_pipeline(args, device, dtype)
+    pipe = load_video_pipeline(args, device, dtype) if args.video else load_pipeline(args, device, dtype)
     unet, vae, text_encoder, tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
     for model in (unet, vae, text_encoder):
         model.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian",
-                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
-    cast_training_params(unet, dtype=torch.float32)
+    if args.video:  # the AnimateDiff trainer's own choice (lora_alpha defaults to --rank there)
+        trainable = set_trainable(SimpleNamespace(train_target=args.train_target, rank=args.rank, lora_alpha=args.rank),
+                                  unet)
+    else:
+        unet.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian",
+                                    target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+        cast_training_params(unet, dtype=torch.float32)
     if args.enable_xformers_memory_efficient_attention:
         sspo_utils.check_xformers_available()
         unet.enable_xformers_memory_efficient_attention()
@@ -402,12 +505,18 @@ def load_shared(args):
     if args.channels_last:
         unet.to(memory_format=torch.channels_last)
     unet.train()
-    trainable = [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
+    if not args.video:
+        trainable = [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
     sampler = sspo_utils.SSPOSelfSamplingPipeline.from_training_components(
         vae, text_encoder, tokenizer, unet, DDIMScheduler.from_config(pipe.scheduler.config))
 
-    examples = list(sspo_tiny.synthetic_examples(2 * args.batch_size, seed=0, size=args.resolution))
-    pixels = (torch.stack([to_tensor(image) for _, image in examples]) * 2 - 1).to(device, dtype)
+    if args.video:  # winning clips only (no dpo): (b, f, 3, H, W) in [-1, 1], as the trainer's VideoClipDataset
+        examples = list(sspo_tiny.synthetic_video_examples(args.batch_size, args.num_frames, args.resolution, seed=0))
+        pixels = (torch.stack([torch.stack([to_tensor(frame) for frame in frames]) for _, frames in examples])
+                  * 2 - 1).to(device, dtype)
+    else:
+        examples = list(sspo_tiny.synthetic_examples(2 * args.batch_size, seed=0, size=args.resolution))
+        pixels = (torch.stack([to_tensor(image) for _, image in examples]) * 2 - 1).to(device, dtype)
     captions = [caption for caption, _ in examples[: args.batch_size]]
     with autocast(device, dtype):
         negative = sspo_utils.encode_prompt_ids(text_encoder, sspo_utils.tokenize(tokenizer, [""]))
@@ -416,8 +525,9 @@ def load_shared(args):
         device=device, dtype=dtype, trainable=trainable, parameters=[p for _, p in trainable],
         initial_lora=[p.detach().clone() for _, p in trainable], captions=captions,
         input_ids=sspo_utils.tokenize(tokenizer, captions), pixels_w=pixels[: args.batch_size],
-        pixels_l=pixels[args.batch_size:], negative=negative,
+        pixels_l=None if args.video else pixels[args.batch_size:], negative=negative,
         attention_processor=type(next(iter(unet.attn_processors.values()))).__name__,
+        video=args.video, num_frames=args.num_frames if args.video else None,
     )
 
 
@@ -473,7 +583,8 @@ def run_config(args, name, shared):
         with sdpa_for_counting(args, unet) if counting else nullcontext():
             timer.sync()
             start = time.perf_counter()
-            one_step(config, shared, timer, pool, noise_scheduler, generators, optimizer, trainer_args.max_grad_norm)
+            (one_video_step if shared.video else one_step)(config, shared, timer, pool, noise_scheduler, generators,
+                                                           optimizer, trainer_args.max_grad_norm)
             timer.sync()
         if step >= args.warmup:
             step_times.append(time.perf_counter() - start)
@@ -489,8 +600,14 @@ def run_config(args, name, shared):
         "phase_seconds_mean": {k: statistics.fmean(p[k] for p in step_phases) for k in PHASES},
         "peak_memory_bytes": peak_bytes, "peak_reserved_bytes": peak_reserved,
         "samples_per_second": args.batch_size / median, "bare_unet_seconds_per_step": bare,
-        "swap_bytes": pool.nbytes_per_snapshot(), "flops_per_step": flops,
+        "trainable_parameters": sum(p.numel() for p in shared.parameters),
+        "swap_bytes": pool.nbytes_per_snapshot(), "swap_mib": pool.nbytes_per_snapshot() / 2**20,
+        # the AnimateDiff trainer swaps twice: around self-sampling, and around each micro-batch's reference pass
+        "swaps_per_step": 0 if config["loss_type"] == "sft" else (2 if shared.video else 1),
+        "flops_per_step": flops,
     }
+    if shared.video:
+        row["train_target"] = args.train_target
     del optimizer, pool
     release_memory(device)
     return row
@@ -544,6 +661,60 @@ def one_step(config, shared, timer, pool, noise_scheduler, generators, optimizer
         optimizer.zero_grad()
 
 
+def one_video_step(config, shared, timer, pool, noise_scheduler, generators, optimizer, max_grad_norm):
+    """One optimizer step of train_sspo_animatediff.py (one micro-batch), phase by phase: video latents
+    (b, c, f, h, w), text embeddings repeated per frame, the self-sample through self_sample_step with
+    num_frames under one swap, and the reference pass under a second swap, as the trainer does."""
+    device, dtype, unet, num_frames = shared.device, shared.dtype, shared.unet, shared.num_frames
+    amp = autocast(device, dtype)
+    with timer.phase("other"):
+        with torch.no_grad(), amp:
+            prompt_embeds = sspo_utils.encode_prompt_ids(shared.text_encoder, shared.input_ids)
+        reference_index = pool.sample("uniform", generators.rcr)
+    if config["loss_type"] == "sspo":
+        with pool.swapped_in(reference_index):
+            with timer.phase("self_sampling" if config["self_sample_steps"] else "other"):
+                if config["self_sample_steps"]:
+                    with amp:
+                        latents_s = sspo_utils.self_sample_step(
+                            shared.sampler, [prompt_embeds], shared.negative, shared.resolution, shared.resolution,
+                            config["self_sample_steps"], GUIDANCE_SCALE, generators.sampling, None,
+                            num_frames=num_frames)[0]
+                else:  # probe: no generation
+                    latents_s = torch.randn(shared.sampler.latent_shape(prompt_embeds.shape[0], shared.resolution,
+                                                                        shared.resolution, num_frames),
+                                            generator=generators.sampling).to(device, prompt_embeds.dtype)
+    with timer.phase("other"):
+        with amp:
+            latents_w = encode_video(shared.vae, shared.pixels_w, dtype, generators.noise)  # z_w: b c f h w
+        frame_embeds = prompt_embeds.repeat_interleave(num_frames, dim=0)
+        noise, timesteps = sspo_utils.draw_noise_and_timesteps(noise_scheduler, latents_w, generators.noise)
+    if config["loss_type"] == "sft":
+        with timer.phase("policy_forward_backward"):
+            with amp:
+                pred = unet(noise_scheduler.add_noise(latents_w, noise, timesteps), timesteps, frame_embeds).sample
+                loss = sspo_utils.per_sample_error(
+                    pred, sspo_utils.training_target(noise_scheduler, latents_w, noise, timesteps)).mean()
+            loss.backward()
+    else:
+        with timer.phase("reference_forward"):
+            pair_frame_embeds = torch.cat([frame_embeds, frame_embeds])
+            noisy, target, pair_t = sspo_utils.noisy_pair(noise_scheduler, latents_w, latents_s, noise, timesteps)
+        with pool.swapped_in(reference_index):  # before the policy forward, as in the trainer
+            with timer.phase("reference_forward"), torch.no_grad(), amp:
+                ref_w, ref_s = sspo_utils.per_sample_error(unet(noisy, pair_t, pair_frame_embeds).sample, target).chunk(2)
+        with timer.phase("policy_forward_backward"):
+            with amp:
+                model_w, model_s = sspo_utils.per_sample_error(
+                    unet(noisy, pair_t, pair_frame_embeds).sample, target).chunk(2)
+            loss, _ = sspo_utils.sspo_loss(model_w, model_s, ref_w, ref_s, 5000.0)
+            loss.backward()
+    with timer.phase("other"):
+        torch.nn.utils.clip_grad_norm_(shared.parameters, max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad()
+
+
 def bare_unet_seconds(args, shared, config):
     """Time of the UNet passes the step must do, as bare calls of the same shapes (no data,
     no swap, no loss): the physical floor of the step on this machine."""
@@ -551,9 +722,14 @@ def bare_unet_seconds(args, shared, config):
     amp = autocast(device, shared.dtype)
     repeats = max(args.steps // 2, 1)
     with torch.no_grad(), amp:
-        latents_w = shared.vae.encode(shared.pixels_w).latent_dist.mode() * shared.vae.config.scaling_factor
-        prompt_embeds = sspo_utils.encode_prompt_ids(shared.text_encoder, shared.input_ids)
+        if shared.video:
+            latents_w = encode_video(shared.vae, shared.pixels_w, shared.dtype, torch.Generator().manual_seed(0))
+        else:
+            latents_w = shared.vae.encode(shared.pixels_w).latent_dist.mode() * shared.vae.config.scaling_factor
+        text_embeds = sspo_utils.encode_prompt_ids(shared.text_encoder, shared.input_ids)
     batch = latents_w.shape[0]
+    per_frame = (lambda e: e.repeat_interleave(shared.num_frames, dim=0)) if shared.video else (lambda e: e)
+    prompt_embeds = per_frame(text_embeds)
     pair = torch.cat([latents_w, latents_w])
     pair_t = torch.full((2 * batch,), 500, device=device)
     pair_embeds = torch.cat([prompt_embeds, prompt_embeds])
@@ -567,7 +743,7 @@ def bare_unet_seconds(args, shared, config):
             return
         if config["loss_type"] == "sspo" and config["self_sample_steps"]:
             cfg_latents = torch.cat([latents_w, latents_w])
-            cfg_embeds = torch.cat([shared.negative.expand(batch, -1, -1), prompt_embeds])
+            cfg_embeds = per_frame(torch.cat([shared.negative.expand(batch, -1, -1), text_embeds]))
             with torch.inference_mode(), amp:
                 for _ in range(config["self_sample_steps"]):
                     unet(cfg_latents, single_t.repeat(2), cfg_embeds)
@@ -594,6 +770,53 @@ def _isolated_config(args, name, queue):
     queue.put(run_config(args, name, shared))
 
 
+def run_isolated(args, name):
+    """run_config in a child process with its own model copy (and its own peak memory)."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_isolated_config, args=(args, name, queue))
+    child.start()
+    row = queue.get()
+    child.join()
+    return row
+
+
+def swap_share_per_train_target(args, rows):
+    """Target 5 for each AnimateDiff train target: the SSPO configuration that target 5 uses (most
+    sampling steps) run again with every other --train_target (own model, same data and seeds),
+    for the snapshot swap's seconds per step, its share of the step and the snapshot size. The
+    main run's row serves its own --train_target."""
+    sspo_rows = [row for row in rows if row["loss_type"] == "sspo" and row["self_sample_steps"]]
+    if not sspo_rows or not args.swap_train_targets:
+        return None
+    reference = max(sspo_rows, key=lambda row: row["self_sample_steps"])
+    result = {}
+    for target in args.swap_train_targets:
+        if target == args.train_target:
+            row, source = reference, "main run"
+        else:
+            target_args = copy.copy(args)
+            target_args.train_target = target
+            if args.isolate:
+                row = run_isolated(target_args, reference["config"])
+            else:
+                shared = load_shared(target_args)
+                shared.resolution = args.resolution
+                row = run_config(target_args, reference["config"], shared)
+                del shared
+                release_memory(torch.device(args.device))
+            source = "separate run"
+            print(f"{reference['config']} ({target}): {row['step_seconds_median']:.3f} s/step", flush=True)
+        swap = row["phase_seconds_per_step"]["swap"]
+        result[target] = {
+            "config": reference["config"], "measured_in": source, "trainable_parameters": row["trainable_parameters"],
+            "snapshot_bytes": row["swap_bytes"], "snapshot_mib": row["swap_mib"], "swaps_per_step": row["swaps_per_step"],
+            "swap_seconds_per_step": swap, "step_seconds_median": row["step_seconds_median"],
+            "share": swap / row["step_seconds_median"], "phase_seconds_per_step": row["phase_seconds_per_step"],
+            "peak_memory_bytes": row["peak_memory_bytes"], "peak_reserved_bytes": row["peak_reserved_bytes"]}
+    return result
+
+
 # ---------------------------------------------------------------------------
 # Sampling measurements
 # ---------------------------------------------------------------------------
@@ -608,24 +831,39 @@ def sampler_vs_stock(args, shared):
         pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.unet, type(pipe.scheduler).from_config(pipe.scheduler.config))
     with autocast(device, shared.dtype):
         prompt_embeds, negative = pipe.encode_prompt(shared.captions, device, 1, True)
-    results = {"stock": [], "self_sampling": []}
+    results, latents = {"stock": [], "self_sampling": []}, {}
     for repeat in range(1 + (2 if args.smoke else 5)):
         for name in ("stock", "self_sampling"):
             generator = torch.Generator().manual_seed(0)
             sync(device)
             start = time.perf_counter()
             with autocast(device, shared.dtype):
-                if name == "stock":
-                    pipe(shared.captions, num_inference_steps=steps, guidance_scale=GUIDANCE_SCALE, output_type="latent",
-                         generator=generator, height=args.resolution, width=args.resolution)
+                if name == "stock" and shared.video:  # AnimateDiffPipeline: prompt strings, same frames
+                    out = pipe(shared.captions, num_frames=shared.num_frames, num_inference_steps=steps,
+                               guidance_scale=GUIDANCE_SCALE, output_type="latent", generator=generator,
+                               height=args.resolution, width=args.resolution).frames
+                elif name == "stock":
+                    out = pipe(shared.captions, num_inference_steps=steps, guidance_scale=GUIDANCE_SCALE,
+                               output_type="latent", generator=generator, height=args.resolution,
+                               width=args.resolution).images
+                elif shared.video:  # what train_sspo_animatediff.py calls
+                    out = sspo_utils.self_sample_step(sampler, [prompt_embeds], negative, args.resolution,
+                                                      args.resolution, steps, GUIDANCE_SCALE, generator,
+                                                      num_frames=shared.num_frames)[0]
                 else:
-                    sampler.sample_latents(prompt_embeds, negative, args.resolution, args.resolution, steps,
-                                           GUIDANCE_SCALE, generator)
+                    out = sampler.sample_latents(prompt_embeds, negative, args.resolution, args.resolution, steps,
+                                                 GUIDANCE_SCALE, generator)
             sync(device)
             if repeat:  # the first round is warm-up
                 results[name].append(time.perf_counter() - start)
+            else:
+                latents[name] = out.float()
     stock, ours = statistics.median(results["stock"]), statistics.median(results["self_sampling"])
-    return {"steps": steps, "stock_seconds": stock, "self_sampling_seconds": ours, "ratio": ours / stock}
+    # same seed and embeddings: the two must agree (up to float reordering), or the ratio compares different work
+    return {"steps": steps, "num_frames": shared.num_frames, "stock_pipeline": type(pipe).__name__,
+            "latent_shape": list(latents["stock"].shape), "stock_seconds": stock, "self_sampling_seconds": ours,
+            "ratio": ours / stock,
+            "max_abs_latent_diff": float((latents["stock"] - latents["self_sampling"]).abs().max())}
 
 
 def batched_self_sampling(args, shared):
@@ -645,7 +883,8 @@ def batched_self_sampling(args, shared):
         with autocast(device, dtype):
             return sspo_utils.self_sample_step(shared.sampler, embeds, shared.negative, args.resolution,
                                                args.resolution, args.self_sample_steps, GUIDANCE_SCALE,
-                                               torch.Generator().manual_seed(0), chunk_size=chunk_size)
+                                               torch.Generator().manual_seed(0), chunk_size=chunk_size,
+                                               num_frames=shared.num_frames)
 
     counter = flop_counter()
     with sdpa_for_counting(args, unet), counter:  # counted before any compilation
@@ -671,7 +910,8 @@ def batched_self_sampling(args, shared):
                 latents[name] = [x.float() for x in out]
                 peaks[name] = peak_memory(device)[0] if device.type == "cuda" else None
     samples = micro * size
-    result = {"micro_batches": micro, "micro_batch_size": size, "steps": args.self_sample_steps,
+    result = {"micro_batches": micro, "micro_batch_size": size, "num_frames": shared.num_frames,
+              "steps": args.self_sample_steps,
               "guidance_scale": GUIDANCE_SCALE, "self_sample_batch_size": args.self_sample_batch_size,
               "compile_unet": args.compile_unet, "flops": flops, "variants": {}}
     for name, chunk_size in variants.items():
@@ -710,14 +950,20 @@ def add_mfu(rows, batched, peak):
             variant["mfu"] = variant["tflops"] * 1e12 / peak_flops
 
 
-def summarize(rows, sampler_result, batched):
+def summarize(rows, sampler_result, batched, video=False, swap_targets=None):
     """Targets of the performance issue. 'max' targets are met at or below, 'min' at or above.
-    6 and 7 are defined for a GPU at SD1.5 size; elsewhere they are for information."""
+    6 and 7 are defined for a GPU at SD1.5 size; elsewhere they are for information. For video,
+    2 and 4 compare against DPO, which the AnimateDiff trainer does not have: listed as n/a
+    (measured and met None); 5 is given per train target when swap_targets was measured."""
     by_name = {row["config"]: row for row in rows}
-    targets = {}
+    targets, scopes = {}, {}
     if sampler_result:
         targets["1_self_sampling_over_stock"] = (sampler_result["ratio"], "max", 1.00)
-    if "dpo" in by_name and "sspo_probe" in by_name:
+    if video:
+        for name in ("2_sspo_without_sampling_over_dpo", "4_peak_memory_sspo_over_dpo"):
+            targets[name] = (None, "max", 1.05)
+            scopes[name] = "n/a for video (no DPO in train_sspo_animatediff.py)"
+    elif "dpo" in by_name and "sspo_probe" in by_name:
         targets["2_sspo_without_sampling_over_dpo"] = (
             by_name["sspo_probe"]["step_seconds_median"] / by_name["dpo"]["step_seconds_median"], "max", 1.05)
         targets["4_peak_memory_sspo_over_dpo"] = (
@@ -728,14 +974,19 @@ def summarize(rows, sampler_result, batched):
         slowest = max(sspo_runs, key=lambda r: r["self_sample_steps"])
         targets["3_overhead_ratio_sspo"] = (slowest["step_seconds_median"] / slowest["bare_unet_seconds_per_step"],
                                             "max", 1.10)
-        targets["5_swap_share_of_step"] = (slowest["phase_seconds_per_step"]["swap"] / slowest["step_seconds_median"],
-                                           "max", 0.01)
+        if swap_targets:
+            for target, swap in swap_targets.items():
+                targets[f"5_swap_share_of_step_{target}"] = (swap["share"], "max", 0.01)
+        else:
+            targets["5_swap_share_of_step"] = (
+                slowest["phase_seconds_per_step"]["swap"] / slowest["step_seconds_median"], "max", 0.01)
     if batched:
         targets["6_batched_over_per_micro_batch_sampling"] = (batched["batched_over_per_micro_batch"], "min", 1.5)
         targets["7_self_sampling_mfu_batched"] = (batched["variants"]["batched"]["mfu"], "min", 0.30)
+    size = "GPU, AnimateDiff at SD1.5 size" if video else "GPU, SD1.5 size"
     return {name: {"measured": value, "kind": kind, "target": target,
-                   "met": value <= target if kind == "max" else value >= target,
-                   "scope": "GPU, SD1.5 size" if name[0] in "67" else "any"}
+                   "met": None if value is None else (value <= target if kind == "max" else value >= target),
+                   "scope": scopes.get(name, size if name[0] in "67" else "any")}
             for name, (value, kind, target) in targets.items()}
 
 
@@ -762,16 +1013,27 @@ def _f(value, spec=".3f"):
 
 
 def markdown(report):
-    machine, s = report["machine"], report["settings"]
+    machine, s, video = report["machine"], report["settings"], report["video"]
+    if video:
+        trained = (f"train target {video['train_target']}"
+                   + (f" (LoRA rank {report['rank']})" if video["train_target"] != "motion_modules" else "")
+                   + f", {video['trainable_parameters']:,} trainable parameters, RCR snapshot "
+                     f"{video['snapshot_mib']:.2f} MiB")
+        model = (f"TEXT-TO-VIDEO (AnimateDiff, UNetMotionModel), {report['model']}, motion adapter "
+                 f"{video['motion_adapter']}, {video['num_frames']} frames per video, {report['resolution']} px, "
+                 f"batch {report['batch_size']} videos, {trained}")
+    else:
+        model = f"{report['model']}, {report['resolution']} px, batch {report['batch_size']}, LoRA rank {report['rank']}"
+    unit = "videos/s" if video else "samples/s"
     lines = [f"Machine: {machine['device_name']} ({machine['device']}), {machine['cpu_count']} CPU cores, torch "
-             f"{machine['torch']}, {machine['date']}. Model: {report['model']}, {report['resolution']} px, "
-             f"batch {report['batch_size']}, LoRA rank {report['rank']}, {report['steps']} timed steps, "
+             f"{machine['torch']}, {machine['date']}. Model: {model}, {report['steps']} timed steps, "
              f"{s['dtype']}, attention {s['attention_processor']}, gradient checkpointing "
              f"{'on' if s['gradient_checkpointing'] else 'off'}, optimizer {s['optimizer']}"
              f"{', channels_last' if s['channels_last'] else ''}.", ""]
-    if report["configs"]:
+    skipped = report.get("skipped_configs") or {}
+    if report["configs"] or skipped:
         lines += ["| config | step s (median) | min | max | self-sampling | swap | ref fwd | policy fwd+bwd | other | "
-                  "peak memory MiB | peak reserved MiB | samples/s | step / bare UNet |", "|" + " --- |" * 13]
+                  f"peak memory MiB | peak reserved MiB | {unit} | step / bare UNet |", "|" + " --- |" * 13]
         for row in report["configs"]:
             phases = row["phase_seconds_per_step"]
             reserved = row["peak_reserved_bytes"] / 2**20 if row["peak_reserved_bytes"] else None
@@ -780,7 +1042,12 @@ def markdown(report):
                          f" | {row['peak_memory_bytes'] / 2**20:.0f} | {_f(reserved, '.0f')} | "
                          f"{row['samples_per_second']:.2f} | "
                          f"{row['step_seconds_median'] / row['bare_unet_seconds_per_step']:.2f} |")
-        lines += ["", "Phase columns are per-phase medians over the timed steps (their sum can differ from the median step)."]
+        lines += [f"| {name} | skipped |" + " - |" * 11 for name in skipped]
+        lines += [""] + [f"{name}: skipped, {reason}." for name, reason in skipped.items()]
+        lines += ["Phase columns are per-phase medians over the timed steps (their sum can differ from the median step)."]
+        if video:
+            lines.append("The swap column adds both swaps of an SSPO step (around self-sampling and around the reference "
+                         "pass, as train_sspo_animatediff.py does).")
         if report["machine"]["device"] == "cpu":
             lines.append("Peak memory on CPU is the process's peak RSS since the configuration started (model included).")
         lines.append("")
@@ -805,16 +1072,19 @@ def markdown(report):
         lines.append("")
     sampler = report["self_sampling_vs_stock"]
     if sampler:
-        lines += [f"Self-sampling pipeline vs stock pipeline ({sampler['steps']} steps, CFG {GUIDANCE_SCALE}): "
+        what = (f"sspo_utils.self_sample_step vs stock {sampler['stock_pipeline']}(output_type=\"latent\") with "
+                f"prompt strings, {sampler['num_frames']} frames, " if video else "")
+        lines += [f"Self-sampling pipeline vs stock pipeline ({what}{sampler['steps']} steps, CFG {GUIDANCE_SCALE}): "
                   f"{sampler['self_sampling_seconds']:.3f} s vs {sampler['stock_seconds']:.3f} s, "
-                  f"ratio {sampler['ratio']:.2f}.", ""]
+                  f"ratio {sampler['ratio']:.2f}; max |latent difference| {sampler['max_abs_latent_diff']:.3g}.", ""]
     batched = report["batched_self_sampling"]
     if batched:
+        frames = f" of {batched['num_frames']}-frame videos" if video else ""
         lines += [f"Self-sampling across gradient accumulation (batch {batched['micro_batch_size']} x "
-                  f"{batched['micro_batches']} micro-batches, {batched['steps']} steps, CFG {GUIDANCE_SCALE}, "
+                  f"{batched['micro_batches']} micro-batches{frames}, {batched['steps']} steps, CFG {GUIDANCE_SCALE}, "
                   f"sspo_utils.self_sample_step{', torch.compile' if batched['compile_unet'] else ''}; "
                   f"{batched['flops'] / 1e9:.4g} GFLOP per optimizer step):", "",
-                  f"| variant | chunk | calls | seconds | samples/s | TFLOP/s | {label} | peak memory MiB |",
+                  f"| variant | chunk | calls | seconds | {unit} | TFLOP/s | {label} | peak memory MiB |",
                   "|" + " --- |" * 8]
         for name, v in batched["variants"].items():
             peak_mib = v["peak_memory_bytes"] / 2**20 if v["peak_memory_bytes"] else None
@@ -823,9 +1093,23 @@ def markdown(report):
                          f"{_f(peak_mib, '.0f')} |")
         lines += ["", f"Batched / per micro-batch: {batched['batched_over_per_micro_batch']:.2f}x; "
                       f"max |latent difference| {batched['max_abs_latent_diff']:.3g}.", ""]
+    swaps = report.get("swap_share_per_train_target")
+    if swaps:
+        first = next(iter(swaps.values()))
+        lines += [f"Snapshot swap per train target ({first['config']}, {first['swaps_per_step']} swaps per step; "
+                  "snapshots on CPU, the trainer's default; each target other than the run's own in a separate run "
+                  "of that configuration):", "",
+                  "| train target | trainable parameters | snapshot MiB | swap s/step | step s (median) | swap share "
+                  "| measured in |", "|" + " --- |" * 7]
+        lines += [f"| {target} | {v['trainable_parameters']:,} | {v['snapshot_mib']:.2f} | "
+                  f"{v['swap_seconds_per_step']:.4f} | {v['step_seconds_median']:.3f} | {v['share'] * 100:.2f}% | "
+                  f"{v['measured_in']} |" for target, v in swaps.items()]
+        lines.append("")
     lines += ["| target | measured | goal | met | scope |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {name} | {t['measured']:.3f} | {'<=' if t['kind'] == 'max' else '>='} {t['target']} | "
-              f"{'yes' if t['met'] else 'no'} | {t['scope']} |" for name, t in report["targets"].items()]
+    lines += [f"| {name} | {_f(t['measured']) if t['measured'] is not None else 'n/a'} | "
+              f"{'<=' if t['kind'] == 'max' else '>='} {t['target']} | "
+              f"{'n/a' if t['met'] is None else 'yes' if t['met'] else 'no'} | {t['scope']} |"
+              for name, t in report["targets"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -852,7 +1136,11 @@ def plot_phases(report, path):
     ax.invert_yaxis()
     ax.set_xlabel("seconds per optimizer step (median of each phase over the timed steps)")
     machine, settings = report["machine"], report["settings"]
-    ax.set_title(f"{report['model']}, {report['resolution']} px, batch {report['batch_size']}, {settings['dtype']}\n"
+    video = report["video"]
+    what = (f"VIDEO (AnimateDiff): {report['model']}, {video['num_frames']} frames, {report['resolution']} px, "
+            f"batch {report['batch_size']} videos, {video['train_target']}" if video else
+            f"{report['model']}, {report['resolution']} px, batch {report['batch_size']}")
+    ax.set_title(f"{what}, {settings['dtype']}\n"
                  f"{machine['device_name']} ({machine['device']}), {machine['date']}", fontsize=9)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a bar
     fig.tight_layout()
@@ -866,48 +1154,70 @@ def main(args):
     os.makedirs(args.output_dir, exist_ok=True)
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
+        tiny = not args.random_init_from_config and args.pretrained_model_name_or_path is None
         if args.random_init_from_config:
             model_name = f"{args.random_init_from_config} architecture (random weights)"
-            args.resolution = args.resolution or (512 if args.random_init_from_config == "sd15" else 64)
-        elif args.pretrained_model_name_or_path is None:
+            # the AnimateDiff trainer's --resolution default is 256
+            full_size = 256 if args.video else 512
+            args.resolution = args.resolution or (full_size if args.random_init_from_config == "sd15" else 64)
+        elif tiny:
             args.pretrained_model_name_or_path = sspo_tiny.build_tiny_pipeline(os.path.join(tmp, "tiny"))
             model_name, args.resolution = "tiny SD1.5-shaped (random weights)", args.resolution or 64
         else:
-            model_name, args.resolution = args.pretrained_model_name_or_path, args.resolution or 512
+            model_name, args.resolution = args.pretrained_model_name_or_path, args.resolution or (256 if args.video else 512)
+        skipped, adapter_name = {}, None
+        if args.video:
+            args.num_frames = args.num_frames or (8 if tiny else 16)
+            if args.motion_adapter_name_or_path:
+                adapter_name = args.motion_adapter_name_or_path
+            elif tiny:
+                args.motion_adapter_name_or_path = sspo_tiny.build_tiny_motion_adapter(os.path.join(tmp, "motion_adapter"))
+                adapter_name = "tiny MotionAdapter (sspo_tiny.build_tiny_motion_adapter, random weights)"
+            else:
+                adapter_name = (f"guoyww/animatediff-motion-adapter-v1-5-2 architecture"
+                                f"{' (reduced widths)' if args.random_init_from_config == 'sd15_reduced' else ''} "
+                                "(random weights)")
+            skipped = {name: reason for name, reason in VIDEO_SKIPPED_CONFIGS.items() if name in args.configs}
+        configs = [name for name in args.configs if name not in skipped]
         shared = load_shared(args)
         shared.resolution = args.resolution
         rows = []
-        for name in args.configs:
-            if args.isolate:
-                context = multiprocessing.get_context("spawn")
-                queue = context.Queue()
-                child = context.Process(target=_isolated_config, args=(args, name, queue))
-                child.start()
-                rows.append(queue.get())
-                child.join()
-            else:
-                rows.append(run_config(args, name, shared))
+        for name in configs:
+            rows.append(run_isolated(args, name) if args.isolate else run_config(args, name, shared))
             print(f"{name}: {rows[-1]['step_seconds_median']:.3f} s/step", flush=True)
         sampler_result = None if "stock" in args.skip else sampler_vs_stock(args, shared)
         batched = None if "batched" in args.skip else batched_self_sampling(args, shared)  # last: may compile the UNet
+        trainable = sum(p.numel() for p in shared.parameters)
+        snapshot_bytes = sum(p.numel() * p.element_size() for p in shared.parameters)  # ReferencePool's own count
+        lora = not args.video or args.train_target != "motion_modules"
         settings = {"dtype": args.dtype, "gradient_checkpointing": args.gradient_checkpointing,
                     "optimizer": sspo_utils.optimizer_class(args.use_8bit_adam).__name__,
                     "use_8bit_adam": args.use_8bit_adam, "attention_processor": shared.attention_processor,
                     "xformers": args.enable_xformers_memory_efficient_attention, "channels_last": args.channels_last,
                     "compile_unet": args.compile_unet, "isolate": args.isolate,
                     "self_sample_steps": args.self_sample_steps,
-                    "lora_parameters": sum(p.numel() for p in shared.parameters),
-                    "unet_parameters": sum(p.numel() for p in shared.unet.parameters())}
+                    "lora_parameters": trainable if lora else None, "trainable_parameters": trainable,
+                    "unet_parameters": sum(p.numel() for p in shared.unet.parameters()),
+                    "unet_class": type(shared.unet).__name__}
         del shared
         release_memory(device)
+        # after the main model is gone: each other train target builds its own
+        swap_targets = (swap_share_per_train_target(args, rows) if args.video and "swap" not in args.skip else None)
     peak = matmul_peak(device, args.smoke)
     add_mfu(rows, batched, peak)
+    video = None
+    if args.video:
+        video = {"num_frames": args.num_frames, "motion_adapter": adapter_name, "train_target": args.train_target,
+                 "trainable_parameters": trainable, "snapshot_bytes": snapshot_bytes,
+                 "snapshot_mib": snapshot_bytes / 2**20, "beta_schedule": ANIMATEDIFF_BETA_SCHEDULE,
+                 "latent_layout": "b c f h w", "samples_are": "videos"}
     report = {
-        "machine": machine_info(device), "model": model_name, "resolution": args.resolution,
-        "batch_size": args.batch_size, "rank": args.rank, "steps": args.steps, "warmup": args.warmup,
-        "smoke": args.smoke, "settings": settings, "matmul_peak": peak, "configs": rows,
-        "self_sampling_vs_stock": sampler_result, "batched_self_sampling": batched,
-        "targets": summarize(rows, sampler_result, batched),
+        "machine": machine_info(device), "task": "video" if args.video else "image", "model": model_name,
+        "resolution": args.resolution, "batch_size": args.batch_size, "rank": args.rank, "steps": args.steps,
+        "warmup": args.warmup, "smoke": args.smoke, "video": video, "settings": settings, "matmul_peak": peak,
+        "configs": rows, "skipped_configs": skipped, "self_sampling_vs_stock": sampler_result,
+        "batched_self_sampling": batched, "swap_share_per_train_target": swap_targets,
+        "targets": summarize(rows, sampler_result, batched, args.video, swap_targets),
     }
     report["phase_plot"] = plot_phases(report, os.path.join(args.output_dir, "phases.png"))
     with open(os.path.join(args.output_dir, "bench_sspo.json"), "w") as f:

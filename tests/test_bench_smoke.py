@@ -1,5 +1,6 @@
-"""benchmarks/bench_sspo.py in smoke mode: it runs and writes its table, JSON and plot (timings are not tested);
-the random-init SD1.5 architecture; benchmarks/gpu_smoke.sh on CPU (slow)."""
+"""benchmarks/bench_sspo.py in smoke mode, for images and for video (--video): it runs and writes its table, JSON
+and plot (timings are not tested); the random-init SD1.5 and AnimateDiff v1-5-2 architectures; benchmarks/gpu_smoke.sh
+on CPU (slow)."""
 
 import importlib
 import json
@@ -36,6 +37,7 @@ def test_benchmark_smoke_writes_table_json_and_plot(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads((tmp_path / "bench_sspo.json").read_text())
     assert {"device", "device_name", "torch", "date", "cpu_model", "cpu_count"} <= set(report["machine"])
+    assert report["task"] == "image" and report["video"] is None and report["skipped_configs"] == {}
     assert report["settings"]["optimizer"] == "AdamW" and report["settings"]["dtype"] == "fp32"
     assert report["matmul_peak"]["dtype"] == "float32" and report["matmul_peak"]["tflops"] > 0
     assert [row["config"] for row in report["configs"]] == ["dpo", "sspo_probe", "sspo_10"]
@@ -70,6 +72,111 @@ def test_benchmark_smoke_writes_table_json_and_plot(tmp_path):
         assert report["phase_plot"] and (tmp_path / "phases.png").stat().st_size > 0
     else:
         assert report["phase_plot"] is None and "matplotlib is not installed" in result.stderr
+
+
+def test_video_benchmark_smoke_writes_table_json_and_plot(tmp_path):
+    """--video: the AnimateDiff step on the tiny model + tiny MotionAdapter (8 frames); dpo is skipped with a
+    note, targets 2 and 4 are n/a, the swap is reported per train target with its snapshot size."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    # fewer configurations, swap targets and sampling micro-batches than the defaults: well under a minute
+    result = subprocess.run([sys.executable, BENCH, "--video", "--smoke", "--num_threads", "1",
+                             "--configs", "dpo", "sft", "sspo_probe", "sspo_10",
+                             "--swap_train_targets", "motion_lora", "motion_modules", "--sampling_micro_batches", "4",
+                             "--output_dir", str(tmp_path)],
+                            capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads((tmp_path / "bench_sspo.json").read_text())
+    assert report["task"] == "video"
+    video = report["video"]
+    assert video["num_frames"] == 8 and video["train_target"] == "motion_lora"
+    assert "tiny MotionAdapter" in video["motion_adapter"] and video["latent_layout"] == "b c f h w"
+    assert video["trainable_parameters"] > 0 and video["snapshot_mib"] == video["snapshot_bytes"] / 2**20 > 0
+    assert report["settings"]["unet_class"] == "UNetMotionModel"
+    assert list(report["skipped_configs"]) == ["dpo"]
+    assert [row["config"] for row in report["configs"]] == ["sft", "sspo_probe", "sspo_10"]
+    sft, probe, sspo = report["configs"]
+    for row in report["configs"]:
+        assert row["train_target"] == "motion_lora" and row["swap_mib"] == video["snapshot_mib"]
+        assert set(row["phase_seconds_per_step"]) == PHASES and row["peak_memory_bytes"] > 0
+        assert row["flops_per_step"]["policy_forward_backward"] > 0 and "step" in row["mfu"]
+    assert (sft["swaps_per_step"], probe["swaps_per_step"], sspo["swaps_per_step"]) == (0, 2, 2)
+    for row in (probe, sspo):
+        assert 1.8 < row["flops_per_step"]["policy_forward_backward"] / row["flops_per_step"]["reference_forward"] < 3.5
+    assert sspo["phase_seconds_per_step"]["self_sampling"] > 0 and sspo["flops_per_step"]["self_sampling"] > 0
+    assert probe["flops_per_step"]["self_sampling"] == 0
+
+    stock = report["self_sampling_vs_stock"]
+    assert stock["stock_pipeline"] == "AnimateDiffPipeline" and stock["num_frames"] == 8
+    assert stock["latent_shape"] == [2, 4, 8, 8, 8]  # b c f h w
+    assert stock["ratio"] > 0 and stock["max_abs_latent_diff"] < 1e-3  # same seed: the same videos
+    batched = report["batched_self_sampling"]
+    assert batched["num_frames"] == 8 and (batched["micro_batches"], batched["micro_batch_size"]) == (4, 1)
+    assert batched["variants"]["batched"]["calls"] == 1 and batched["max_abs_latent_diff"] < 1e-3
+
+    swaps = report["swap_share_per_train_target"]
+    assert list(swaps) == ["motion_lora", "motion_modules"]
+    assert swaps["motion_lora"]["measured_in"] == "main run" and swaps["motion_modules"]["measured_in"] == "separate run"
+    assert swaps["motion_modules"]["snapshot_mib"] > swaps["motion_lora"]["snapshot_mib"] > 0
+    for swap in swaps.values():
+        assert swap["config"] == "sspo_10" and swap["swaps_per_step"] == 2 and swap["swap_seconds_per_step"] > 0
+
+    targets = report["targets"]
+    for name in ("2_sspo_without_sampling_over_dpo", "4_peak_memory_sspo_over_dpo"):
+        assert targets[name]["measured"] is None and targets[name]["met"] is None
+        assert "n/a for video" in targets[name]["scope"]
+    assert {"1_self_sampling_over_stock", "3_overhead_ratio_sspo", "5_swap_share_of_step_motion_lora",
+            "5_swap_share_of_step_motion_modules", "6_batched_over_per_micro_batch_sampling",
+            "7_self_sampling_mfu_batched"} <= set(targets)
+    table = (tmp_path / "bench_sspo.md").read_text()
+    for text in ("TEXT-TO-VIDEO (AnimateDiff", "8 frames per video", "| dpo | skipped |", "dpo: skipped, image-only",
+                 "videos/s", "AnimateDiffPipeline", "8-frame videos", "snapshot MiB", "| motion_modules |",
+                 "| 2_sspo_without_sampling_over_dpo | n/a |", "n/a for video"):
+        assert text in table
+    if has_matplotlib():
+        assert report["phase_plot"] and (tmp_path / "phases.png").stat().st_size > 0
+
+
+def test_video_flags_need_video():
+    bench = bench_module()
+    for flags in (["--num_frames", "8"], ["--motion_adapter_name_or_path", "x"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(flags)
+    with pytest.raises(SystemExit):  # a local base has no default motion adapter
+        bench.parse_args(["--video", "--pretrained_model_name_or_path", "some/model"])
+    args = bench.parse_args(["--video"])
+    assert args.train_target == "motion_lora" and args.num_frames is None
+
+
+def test_random_init_motion_adapter_has_the_v1_5_2_architecture():
+    """Built on the meta device: animatediff-motion-adapter-v1-5-2's layout (mid-block motion module, 32 frames)."""
+    from accelerate import init_empty_weights
+    from diffusers import UNetMotionModel
+
+    bench = bench_module()
+    adapter = bench.random_init_motion_adapter("sd15")
+    assert sum(p.numel() for p in adapter.parameters()) == 453_209_280
+    assert adapter.config.use_motion_mid_block and adapter.config.motion_max_seq_length == 32
+    assert all(p.is_meta for p in adapter.parameters())
+    unet2d = bench.random_init_modules("sd15")[0]
+    with init_empty_weights():
+        unet = UNetMotionModel.from_unet2d(unet2d, adapter, load_weights=False)
+    motion = sum(p.numel() for n, p in unet.named_parameters() if "motion_modules" in n)
+    assert motion == 453_209_280  # what --train_target motion_modules trains and each snapshot copies
+    assert sum(p.numel() for p in unet.parameters()) == 859_520_964 + 453_209_280
+
+
+def test_random_init_reduced_video_pipeline_materializes_and_runs():
+    bench = bench_module()
+    args = bench.parse_args(["--video", "--random_init_from_config", "sd15_reduced", "--device", "cpu"])
+    pipe = bench.load_video_pipeline(args, torch.device("cpu"), torch.float32)
+    assert type(pipe).__name__ == "AnimateDiffPipeline" and type(pipe.unet).__name__ == "UNetMotionModel"
+    assert not any(p.is_meta for p in pipe.unet.parameters())
+    assert pipe.scheduler.config.beta_schedule == "linear"  # train_sspo_animatediff.py's --beta_schedule default
+    with torch.no_grad():
+        embeds = pipe.text_encoder(pipe.tokenizer(["a red circle"], padding="max_length", max_length=77,
+                                                  return_tensors="pt").input_ids)[0]
+        out = pipe.unet(torch.randn(1, 4, 2, 8, 8), 500, embeds.repeat_interleave(2, dim=0)).sample
+    assert out.shape == (1, 4, 2, 8, 8) and torch.isfinite(out).all()
 
 
 def test_random_init_sd15_has_the_real_architecture():
