@@ -21,7 +21,6 @@ import gc
 import json
 import logging
 import os
-import platform
 import re
 import sys
 from typing import Dict, List, Optional, Sequence
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
-from sspo_utils import LORA_WEIGHT_NAME, SSPOInputError, pick_column, run_with_clear_errors, save_video
+from sspo_utils import LORA_WEIGHT_NAME, SSPOInputError, machine_info, pick_column, run_with_clear_errors, save_video
 
 
 logger = logging.getLogger("evaluate_sspo")
@@ -1273,18 +1272,6 @@ def summarize(args, specs, per_item, set_level) -> Dict:
 # ---------------------------------------------------------------------------
 # Report: JSON, Markdown, grids
 # ---------------------------------------------------------------------------
-
-
-def machine_info(device) -> Dict:
-    import diffusers
-    import transformers
-
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "diffusers": diffusers.__version__, "transformers": transformers.__version__, "device": str(device),
-            "cpu_count": os.cpu_count()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def write_report(args, specs, prompts, results, notes, device) -> Dict:

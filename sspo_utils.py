@@ -1458,3 +1458,29 @@ def log_run_header(args, accelerator, reference_pool):
         logger.info(f"Self-sampling: {per_step} x^s per optimizer step and process, in {math.ceil(per_step / per_call)} "
                     f"call(s) of up to {per_call}, {args.self_sample_steps} {args.self_sample_scheduler} steps, "
                     f"CFG {args.self_sample_guidance_scale}")
+
+
+def machine_info(device) -> Dict:
+    """Where a benchmark or evaluation ran: device and its name (GPU, or the CPU model), core and
+    thread counts, library versions, and the date, for the reports of bench_sspo.py and
+    evaluate_sspo.py."""
+    import datetime
+    import platform
+
+    import diffusers
+    import transformers
+
+    device = torch.device(device)
+    cpu_model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu_model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    now = datetime.datetime.now().astimezone()
+    return {"device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model,
+            "cpu_model": cpu_model, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "cuda": torch.version.cuda, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "date": now.date().isoformat(), "datetime": now.isoformat(timespec="seconds")}

@@ -43,13 +43,11 @@ also timed for every train target (--swap_train_targets), with the snapshot size
 
 import argparse
 import copy
-import datetime
 import gc
 import json
 import logging
 import multiprocessing
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -990,24 +988,6 @@ def summarize(rows, sampler_result, batched, video=False, swap_targets=None):
             for name, (value, kind, target) in targets.items()}
 
 
-def machine_info(device):
-    cpu_model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu_model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import diffusers
-
-    now = datetime.datetime.now().astimezone()
-    return {"device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model,
-            "cpu_model": cpu_model, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "cuda": torch.version.cuda, "diffusers": diffusers.__version__,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "date": now.date().isoformat(), "datetime": now.isoformat(timespec="seconds")}
-
-
 def _f(value, spec=".3f"):
     return "-" if value is None else format(value, spec)
 
@@ -1212,7 +1192,7 @@ def main(args):
                  "snapshot_mib": snapshot_bytes / 2**20, "beta_schedule": ANIMATEDIFF_BETA_SCHEDULE,
                  "latent_layout": "b c f h w", "samples_are": "videos"}
     report = {
-        "machine": machine_info(device), "task": "video" if args.video else "image", "model": model_name,
+        "machine": sspo_utils.machine_info(device), "task": "video" if args.video else "image", "model": model_name,
         "resolution": args.resolution, "batch_size": args.batch_size, "rank": args.rank, "steps": args.steps,
         "warmup": args.warmup, "smoke": args.smoke, "video": video, "settings": settings, "matmul_peak": peak,
         "configs": rows, "skipped_configs": skipped, "self_sampling_vs_stock": sampler_result,
