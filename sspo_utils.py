@@ -17,7 +17,8 @@ Sections, in the paper's vocabulary:
   2. the RCR reference pool: ``ReferencePool``
   3. the self-sampling pipeline: ``SSPOSelfSamplingPipeline``
   4. reproducible randomness: ``TrainingGenerators``
-  5. checkpoints: atomic save, rotation, ``latest`` lookup, run compatibility
+  5. checkpoints: atomic, fsynced save with a SHA-256 manifest, rotation, a verified ``latest``
+     lookup, run compatibility, and ``python sspo_utils.py verify OUTPUT_DIR``
   6. model card and validation media (images, GIF/MP4 videos, trackers)
   7. LoRA save/load and the checkpoint hooks (restore into the existing adapter)
   8. flag checks and user-facing errors: ``SSPOInputError``, ``SSPOTrainingError``
@@ -26,6 +27,8 @@ Sections, in the paper's vocabulary:
 """
 
 import contextlib
+import errno
+import hashlib
 import json
 import logging
 import math
@@ -490,21 +493,125 @@ class TrainingGenerators:
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 RUN_CONFIG_NAME = "sspo_run_config.json"
+MANIFEST_NAME = "sspo_manifest.json"
+
+
+def fsync_path(path: str):
+    """Flush a file's data, or a folder's entries, to the disk. A rename is only durable once the
+    folder that holds it is fsynced."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as error:
+        # Some network filesystems cannot fsync a folder (EINVAL); their files were fsynced already.
+        if not (error.errno == errno.EINVAL and os.path.isdir(path)):
+            raise
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(directory: str):
+    """fsync every file and folder under ``directory``, then ``directory`` itself."""
+    for root, _, files in os.walk(directory, topdown=False):
+        for name in files:
+            fsync_path(os.path.join(root, name))
+        fsync_path(root)
+
+
+def write_json_durably(path: str, value):
+    with open(path, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_files_durably(output_dir: str, write, prefix: str = ".tmp-save-"):
+    """Call ``write(tmp_dir)`` on a temporary folder inside ``output_dir``, then move its files in,
+    each fsynced first and the folder after: neither a killed run nor a power loss leaves half a
+    file in ``output_dir``, only the old or the complete new version of each."""
+    import tempfile
+
+    os.makedirs(output_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output_dir, prefix=prefix) as tmp_dir:
+        write(tmp_dir)
+        for name in sorted(os.listdir(tmp_dir)):
+            fsync_path(os.path.join(tmp_dir, name))
+            os.replace(os.path.join(tmp_dir, name), os.path.join(output_dir, name))
+    fsync_path(output_dir)
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(checkpoint_dir: str):
+    """List every file of the checkpoint with its size and SHA-256. Written last, it marks the
+    checkpoint complete, and resume checks the files against it."""
+    files = {}
+    for root, _, names in os.walk(checkpoint_dir):
+        for name in names:
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, checkpoint_dir).replace(os.sep, "/")
+            if relative != MANIFEST_NAME:
+                files[relative] = {"size": os.path.getsize(path), "sha256": file_sha256(path)}
+    write_json_durably(os.path.join(checkpoint_dir, MANIFEST_NAME),
+                       {"format": 1, "files": files, "files_sha256": manifest_digest(files)})
+
+
+def manifest_digest(files: Dict) -> str:
+    """Digest of the manifest's own entries, so a damaged manifest is not taken for a damaged file."""
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def checkpoint_problems(checkpoint_dir: str) -> List[str]:
+    """What is damaged in a checkpoint, each naming the file and the mismatch (missing, size,
+    digest); empty when every file matches the manifest. A checkpoint written before manifests
+    existed (run config, no manifest) cannot be checked and counts as intact."""
+    manifest_path = os.path.join(checkpoint_dir, MANIFEST_NAME)
+    if not os.path.isfile(manifest_path):
+        return [] if is_old_format(checkpoint_dir) else [f"{MANIFEST_NAME}: missing"]
+    try:
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+        files = manifest["files"]
+        if manifest_digest(files) != manifest["files_sha256"]:
+            return [f"{MANIFEST_NAME}: its entries do not match its own digest"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return [f"{MANIFEST_NAME}: unreadable ({type(error).__name__})"]
+    problems, same_size = [], []
+    for name, entry in sorted(files.items()):  # sizes first: a truncated file is found without hashing
+        path = os.path.join(checkpoint_dir, name)
+        if not os.path.isfile(path):
+            problems.append(f"{name}: missing")
+        elif os.path.getsize(path) != entry["size"]:
+            problems.append(f"{name}: {os.path.getsize(path)} bytes, the manifest says {entry['size']}")
+        else:
+            same_size.append((name, path, entry))
+    problems += [f"{name}: SHA-256 digest differs from the manifest" for name, path, entry in same_size
+                 if file_sha256(path) != entry["sha256"]]
+    return problems
+
+
+def is_old_format(checkpoint_dir: str) -> bool:
+    """Written before checkpoints had a manifest: a run config that does not name one."""
+    try:
+        with open(os.path.join(checkpoint_dir, RUN_CONFIG_NAME)) as f:
+            return MANIFEST_NAME not in json.load(f).values()
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def list_checkpoints(output_dir: str) -> List[str]:
-    """Complete checkpoints in ``output_dir``, oldest first. Temporary ``.tmp-checkpoint-*``
-    folders left by a killed run, and ``checkpoint-*`` folders without the run config that is
-    written last, are incomplete and never listed."""
+    """``checkpoint-<step>`` folders in ``output_dir``, oldest first, intact or not. Temporary
+    ``.tmp-checkpoint-*`` folders left by a killed run are never listed."""
     if not os.path.isdir(output_dir):
         return []
-    found = []
-    for name in os.listdir(output_dir):
-        match = CHECKPOINT_PATTERN.match(name)
-        if match and os.path.isfile(os.path.join(output_dir, name, RUN_CONFIG_NAME)):
-            found.append((int(match.group(1)), name))
-        elif match:
-            logger.warning(f"Ignoring {os.path.join(output_dir, name)}: incomplete (no {RUN_CONFIG_NAME}).")
+    found = [(int(match.group(1)), name) for name in os.listdir(output_dir)
+             if (match := CHECKPOINT_PATTERN.match(name)) and os.path.isdir(os.path.join(output_dir, name))]
     return [os.path.join(output_dir, name) for _, name in sorted(found)]
 
 
@@ -515,24 +622,88 @@ def checkpoint_step(path: str) -> int:
     return int(match.group(1))
 
 
-def resolve_resume_checkpoint(resume_from_checkpoint: Optional[str], output_dir: str) -> Optional[str]:
-    """Path of the checkpoint to resume from: ``latest`` picks the newest complete one in
-    ``output_dir`` (None, i.e. a fresh start, when there is none)."""
+def newest_intact_checkpoint(output_dir: str, warn=None, exclude: Optional[str] = None) -> Optional[str]:
+    """The newest checkpoint whose files match its manifest, verified from the newest down;
+    ``warn`` gets one line per damaged checkpoint skipped."""
+    for path in reversed(list_checkpoints(output_dir)):
+        if exclude is not None and os.path.abspath(path) == os.path.abspath(exclude):
+            continue
+        problems = checkpoint_problems(path)
+        if not problems:
+            return path
+        if warn is not None:
+            warn(f"Skipping damaged checkpoint {path}: {problems[0]}")
+    return None
+
+
+def resolve_resume_checkpoint(resume_from_checkpoint: Optional[str], output_dir: str, warn=logger.warning) -> Optional[str]:
+    """Path of the verified checkpoint to resume from. ``latest`` picks the newest intact one in
+    ``output_dir`` (None, a fresh start, when there is no checkpoint at all; an error when every
+    one is damaged). An explicit path that fails verification is an error naming the damaged
+    file and the checkpoint to use instead."""
+    warn = warn or (lambda message: None)
     if not resume_from_checkpoint:
         return None
     if resume_from_checkpoint == "latest":
-        checkpoints = list_checkpoints(output_dir)
-        return checkpoints[-1] if checkpoints else None
-    path = resume_from_checkpoint
-    if not os.path.isdir(path):
-        path = os.path.join(output_dir, resume_from_checkpoint)
-    if not os.path.isdir(path):
-        raise SSPOInputError(
-            f"--resume_from_checkpoint {resume_from_checkpoint}: no such checkpoint folder. "
-            "Pass a checkpoint-<step> folder, or 'latest'."
-        )
-    checkpoint_step(path)
+        path = newest_intact_checkpoint(output_dir, warn)
+        if path is None and list_checkpoints(output_dir):
+            raise SSPOInputError(
+                f"Every checkpoint in {output_dir} is damaged, so there is nothing to resume from (`python sspo_utils.py "
+                f"verify {output_dir}` says why). Drop --resume_from_checkpoint, or use a new --output_dir, to start over.")
+    else:
+        path = resume_from_checkpoint
+        if not os.path.isdir(path):
+            path = os.path.join(output_dir, resume_from_checkpoint)
+        if not os.path.isdir(path):
+            raise SSPOInputError(
+                f"--resume_from_checkpoint {resume_from_checkpoint}: no such checkpoint folder. "
+                "Pass a checkpoint-<step> folder, or 'latest'."
+            )
+        checkpoint_step(path)
+        problems = checkpoint_problems(path)
+        if problems:
+            fallback = newest_intact_checkpoint(os.path.dirname(os.path.abspath(path)), exclude=path)
+            instead = (f"Resume from {fallback} instead, the newest intact checkpoint" if fallback
+                       else "No other checkpoint there is intact: start a new run")
+            raise SSPOInputError(f"--resume_from_checkpoint {path} is damaged: {problems[0]}. {instead}.")
+    if path is not None and not os.path.isfile(os.path.join(path, MANIFEST_NAME)):
+        warn(f"{path} has no {MANIFEST_NAME} (it was written before checkpoints were checksummed), "
+             "so it cannot be verified; resuming from it anyway.")
     return path
+
+
+def verify_run(path: str, print_fn=print) -> int:
+    """``python sspo_utils.py verify OUTPUT_DIR``: print each checkpoint of a run (or the one
+    checkpoint ``path`` names) as intact or damaged, and why. Exit status 0 when none is damaged,
+    1 when some are, 2 when there is no checkpoint."""
+    if CHECKPOINT_PATTERN.match(os.path.basename(os.path.normpath(path))) and os.path.isdir(path):
+        checkpoints, output_dir = [path], os.path.dirname(os.path.abspath(path))
+    else:
+        checkpoints, output_dir = list_checkpoints(path), path
+    if not checkpoints:
+        print_fn(f"{path}: no checkpoint-<step> folder to verify.")
+        return 2
+    damaged = 0
+    for checkpoint in checkpoints:
+        problems = checkpoint_problems(checkpoint)
+        damaged += bool(problems)
+        if problems:
+            status = "damaged: " + "; ".join(problems)
+        elif not os.path.isfile(os.path.join(checkpoint, MANIFEST_NAME)):
+            status = f"unverified: no {MANIFEST_NAME} (written before checkpoints were checksummed); resume accepts it"
+        else:
+            sizes = [os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(checkpoint) for name in names]
+            status = f"intact ({len(sizes)} files, {sum(sizes) / 2**20:.1f} MiB, SHA-256 checked)"
+        print_fn(f"{checkpoint}: {status}")
+    if os.path.isdir(output_dir):
+        for name in sorted(os.listdir(output_dir)):
+            if name.startswith(".tmp-checkpoint-"):
+                print_fn(f"{os.path.join(output_dir, name)}: left by an interrupted write; never resumed from, safe to delete")
+    if len(checkpoints) > 1:
+        latest = newest_intact_checkpoint(output_dir)
+        print_fn(f"--resume_from_checkpoint latest resumes from {latest}." if latest
+                 else "No intact checkpoint: --resume_from_checkpoint latest stops with an error.")
+    return 1 if damaged else 0
 
 
 def check_run_config(checkpoint_dir: str, run_config: Dict):
@@ -582,10 +753,11 @@ def save_checkpoint_atomically(accelerator, output_dir: str, step: int, run_conf
                                generators: "TrainingGenerators", reference_pool: "ReferencePool",
                                total_limit: Optional[int] = None) -> str:
     """``accelerator.save_state`` (weights via the hooks, optimizer, LR schedule, RNGs) plus the
-    RCR pool, every rank's generators and the run config, all into a temporary folder that
-    is renamed to ``checkpoint-<step>`` only when complete: a run killed mid-write leaves a
-    ``.tmp-`` folder that ``latest`` ignores. Old checkpoints are rotated out only after the new
-    one is complete, so the newest complete checkpoint is never deleted. Call on every process."""
+    RCR pool, every rank's generators, the run config and the manifest (written last), all into a
+    temporary folder that is renamed to ``checkpoint-<step>`` only when complete and fsynced: a run
+    killed mid-write leaves a ``.tmp-`` folder that ``latest`` ignores, and after a power loss the
+    renamed folder holds complete files. Old checkpoints are rotated out only once the new one is
+    on disk, so an intact checkpoint always exists. Call on every process."""
     final_dir = os.path.join(output_dir, f"checkpoint-{step}")
     tmp_dir = os.path.join(output_dir, f".tmp-checkpoint-{step}")
     if accelerator.is_main_process:
@@ -595,21 +767,35 @@ def save_checkpoint_atomically(accelerator, output_dir: str, step: int, run_conf
     # The noise and sampling generators differ per rank, so each rank writes its own.
     save_generators(generators_file(tmp_dir, accelerator.process_index), generators)
     accelerator.wait_for_everyone()
+    fsync_tree(tmp_dir)  # on every rank: ranks on other machines write their files to their own disks
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        reference_pool.save(os.path.join(tmp_dir, POOL_FILE_NAME))
-        # Written last: its presence marks a complete checkpoint.
-        with open(os.path.join(tmp_dir, RUN_CONFIG_NAME), "w") as f:
-            json.dump(run_config, f, indent=2, sort_keys=True)
+        pool_path = os.path.join(tmp_dir, POOL_FILE_NAME)
+        reference_pool.save(pool_path)
+        fsync_path(pool_path)
+        # Naming the manifest tells a deleted manifest apart from a checkpoint written before manifests.
+        write_json_durably(os.path.join(tmp_dir, RUN_CONFIG_NAME), {**run_config, "checkpoint_manifest": MANIFEST_NAME})
+        write_manifest(tmp_dir)  # last: its presence marks a complete checkpoint
+        fsync_path(tmp_dir)
         if os.path.isdir(final_dir):
             shutil.rmtree(final_dir)
         os.replace(tmp_dir, final_dir)
+        fsync_path(output_dir)  # the rename is durable only now; older checkpoints may go
         if total_limit is not None:
-            checkpoints = list_checkpoints(output_dir)
-            for old in checkpoints[: max(0, len(checkpoints) - max(total_limit, 1))]:
-                logger.info(f"Removing old checkpoint {old} (--checkpoints_total_limit {total_limit})")
-                shutil.rmtree(old)
+            rotate_checkpoints(output_dir, step, total_limit)
     accelerator.wait_for_everyone()
     return final_dir
+
+
+def rotate_checkpoints(output_dir: str, step: int, total_limit: int):
+    """Delete checkpoints beyond ``total_limit``, never the new one (``step``). Those past ``step``
+    were left by a run later resumed from an earlier checkpoint (perhaps because they are
+    damaged), so they go first, then the oldest."""
+    others = [path for path in list_checkpoints(output_dir) if checkpoint_step(path) != step]
+    ordered = [p for p in others if checkpoint_step(p) > step] + [p for p in others if checkpoint_step(p) < step]
+    for old in ordered[: max(0, len(ordered) + 1 - max(total_limit, 1))]:
+        logger.info(f"Removing old checkpoint {old} (--checkpoints_total_limit {total_limit})")
+        shutil.rmtree(old)
 
 
 # ---------------------------------------------------------------------------
@@ -630,16 +816,11 @@ def save_model_card(
     extra_tags: Sequence[str] = (),
     usage_code: Optional[str] = None,
 ) -> str:
-    """Write README.md (a Hub model card) and its preview images into ``output_dir``.
-    ``images`` are PIL images (or callables that save themselves, for GIFs)."""
-    os.makedirs(output_dir, exist_ok=True)
+    """Write README.md (a Hub model card) and its preview images into ``output_dir``, durably
+    (``save_files_durably``). ``images`` are PIL images (or callables that save themselves, for GIFs)."""
     widget_lines, gallery = [], []
-    for i, image in enumerate(images):
+    for i in range(len(images)):
         file_name = f"image_{i}.{media_extension}"
-        if callable(image):
-            image(os.path.join(output_dir, file_name))
-        else:
-            image.save(os.path.join(output_dir, file_name))
         prompt = validation_prompts[i % len(validation_prompts)] if validation_prompts else ""
         widget_lines.append(f"- text: {json.dumps(prompt)}\n  output:\n    url: {file_name}")
         gallery.append(f"![sample {i}: {prompt}]({file_name})")
@@ -682,10 +863,19 @@ checkpoint already denoises the winner better than the model being trained (SSR)
 | --- | --- |
 {settings_table}
 """
-    card_path = os.path.join(output_dir, "README.md")
-    with open(card_path, "w") as f:
-        f.write("\n".join(front_matter) + "\n" + body)
-    return card_path
+
+    def write(directory):
+        for i, image in enumerate(images):
+            path = os.path.join(directory, f"image_{i}.{media_extension}")
+            if callable(image):
+                image(path)
+            else:
+                image.save(path)
+        with open(os.path.join(directory, "README.md"), "w") as f:
+            f.write("\n".join(front_matter) + "\n" + body)
+
+    save_files_durably(output_dir, write, prefix=".tmp-card-")
+    return os.path.join(output_dir, "README.md")
 
 
 def log_images_to_trackers(accelerator, images: Sequence, prompts: Sequence[str], phase: str, step: int):
@@ -766,16 +956,10 @@ def lora_layers_for_saving(model, adapter_name: str = "default") -> Dict[str, to
 
 
 def save_lora_atomically(pipeline_cls, output_dir: str, model, **save_kwargs) -> str:
-    """Write ``pytorch_lora_weights.safetensors`` through a temporary folder and an atomic
-    rename, so a killed run never leaves a half-written LoRA in ``output_dir``."""
-    import tempfile
-
-    os.makedirs(output_dir, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".tmp-lora-") as tmp_dir:
-        pipeline_cls.save_lora_weights(tmp_dir, unet_lora_layers=lora_layers_for_saving(model), **save_kwargs)
-        final_path = os.path.join(output_dir, LORA_WEIGHT_NAME)
-        os.replace(os.path.join(tmp_dir, LORA_WEIGHT_NAME), final_path)
-    return final_path
+    """Write ``pytorch_lora_weights.safetensors`` durably (``save_files_durably``)."""
+    save_files_durably(output_dir, lambda tmp_dir: pipeline_cls.save_lora_weights(
+        tmp_dir, unet_lora_layers=lora_layers_for_saving(model), **save_kwargs), prefix=".tmp-lora-")
+    return os.path.join(output_dir, LORA_WEIGHT_NAME)
 
 
 def load_lora_into_existing_adapter(pipeline_cls, model, lora_dir: str, adapter_name: str = "default"):
@@ -1138,7 +1322,8 @@ def start_epoch(dataloader, epoch: int):
 
 def create_accelerator(args, project_name: str):
     """The Accelerator (seedable data order), logging, seeds and this rank's dedicated
-    generators. Also fails early on unusable optional features."""
+    generators. Also fails early on unusable optional features, and verifies the checkpoint
+    to resume from (``args.resume_path``)."""
     import datasets
     import diffusers
     import transformers
@@ -1161,6 +1346,9 @@ def create_accelerator(args, project_name: str):
             library.utils.logging.set_verbosity_error()
     if args.seed is not None:
         set_seed(args.seed)
+    # Verified before models load or anything is written: a damaged checkpoint fails in seconds.
+    args.resume_path = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir,
+                                                 warn=logger.warning if accelerator.is_main_process else None)
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
     if args.enable_xformers_memory_efficient_attention:
@@ -1216,13 +1404,13 @@ def run_config_of(args, keys: Sequence[str]) -> Dict:
 
 def resume_training_state(args, accelerator, generators, reference_pool, run_config: Dict,
                           num_update_steps_per_epoch: Optional[int]):
-    """Restore a checkpoint if asked: accelerate state (LoRA via the hooks, optimizer, LR,
-    RNGs, the RCR pool) and this rank's generators. Returns (global_step, first_epoch,
-    micro-batches to skip in first_epoch)."""
-    resume_path = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
+    """Restore the checkpoint ``create_accelerator`` verified, if any: accelerate state (LoRA via
+    the hooks, optimizer, LR, RNGs, the RCR pool) and this rank's generators. Returns
+    (global_step, first_epoch, micro-batches to skip in first_epoch)."""
+    resume_path = args.resume_path
     if resume_path is None:
         if args.resume_from_checkpoint:
-            accelerator.print(f"No complete checkpoint in {args.output_dir}; starting a new run.")
+            accelerator.print(f"No checkpoint in {args.output_dir}; starting a new run.")
         return 0, 0, 0
     check_run_config(resume_path, run_config)
     accelerator.print(f"Resuming from {resume_path}")
@@ -1484,3 +1672,14 @@ def machine_info(device) -> Dict:
             "torch": torch.__version__, "cuda": torch.version.cuda, "diffusers": diffusers.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),
             "platform": platform.platform(), "date": now.date().isoformat(), "datetime": now.isoformat(timespec="seconds")}
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python sspo_utils.py", description="SSPO checkpoint tools.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    verify = commands.add_parser("verify", help="check a run's checkpoints against their manifests, without training")
+    verify.add_argument("path", help="a run's --output_dir, or one checkpoint-<step> folder")
+    sys.exit(verify_run(parser.parse_args().path))

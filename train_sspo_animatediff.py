@@ -17,7 +17,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 
 import numpy as np
 import torch
@@ -64,6 +63,7 @@ from sspo_utils import (
     resume_training_state,
     run_config_of,
     run_with_clear_errors,
+    save_files_durably,
     save_lora_atomically,
     save_model_card,
     save_video,
@@ -295,14 +295,11 @@ def load_motion_modules(unet, directory):
 
 def save_trained_weights(args, unet):
     """LoRA runs: pytorch_lora_weights.safetensors (AnimateDiffPipeline.load_lora_weights).
-    motion_modules runs: a MotionAdapter folder in output_dir (MotionAdapter.from_pretrained),
-    written to a temporary folder first and moved in file by file."""
+    motion_modules runs: a MotionAdapter folder in output_dir (MotionAdapter.from_pretrained).
+    Both are written durably: to a temporary folder, fsynced, then moved in."""
     if args.train_target != "motion_modules":
         return save_lora_atomically(AnimateDiffPipeline, args.output_dir, unet)
-    with tempfile.TemporaryDirectory(dir=args.output_dir, prefix=".tmp-motion-adapter-") as tmp_dir:
-        save_motion_modules(unet, tmp_dir)
-        for name in os.listdir(tmp_dir):
-            os.replace(os.path.join(tmp_dir, name), os.path.join(args.output_dir, name))
+    save_files_durably(args.output_dir, lambda tmp_dir: save_motion_modules(unet, tmp_dir), prefix=".tmp-motion-adapter-")
     return args.output_dir
 
 
