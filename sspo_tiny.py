@@ -22,15 +22,9 @@ import random
 import torch
 from PIL import Image, ImageDraw
 
+from shapes_world import COLORS
 
-COLORS = {
-    "red": (220, 40, 40),
-    "green": (40, 180, 60),
-    "blue": (40, 70, 220),
-    "yellow": (235, 210, 40),
-    "purple": (140, 50, 170),
-    "white": (245, 245, 245),
-}
+
 SHAPES = ("circle", "square", "triangle")
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 

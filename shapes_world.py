@@ -1,0 +1,898 @@
+# Copyright 2026 The SSPO reference implementation authors. Apache-2.0.
+"""The shapes world: a small text-to-image (and text-to-video) world with an exact reward, in which
+preference alignment can be measured.
+
+Everything about the world lives here, in four parts:
+  1. the caption grammar ("a small red circle at the top left on a blue background"), with a fixed
+     set of held-out combinations that no training set ever contains;
+  2. the renderer, which draws exactly what a caption says;
+  3. the ground-truth reward: a number in [0, 1] computed from pixels, no learned model;
+  4. builders: the SD1.5-shaped pipeline and MotionAdapter, their pretraining, and Pick-a-Pic-style
+     preference data judged by the reward.
+
+The trainers and ``sspo_utils`` know nothing of this file: the world reaches them as an ordinary
+model folder and an ordinary dataset.
+
+    python shapes_world.py pretrain --output_dir models/shapes-sd15                # about 25 min, 2 CPU cores
+    python shapes_world.py pretrain_video --model models/shapes-sd15 --output_dir models/shapes-motion-adapter
+    python shapes_world.py preferences --model models/shapes-sd15 --output_dir data/shapes-pickapic
+    python shapes_world.py video_preferences --model models/shapes-sd15 \
+        --motion_adapter models/shapes-motion-adapter --output_dir data/shapes-chronomagic
+    python shapes_world.py prompts --output_dir data      # train / held-out prompt files
+    python shapes_world.py check --model models/shapes-sd15   # base reward vs renderer vs chance
+"""
+
+import argparse
+import dataclasses
+import io
+import itertools
+import json
+import math
+import os
+import random
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFilter
+
+
+# ---------------------------------------------------------------------------
+# 1. Caption grammar
+# ---------------------------------------------------------------------------
+
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (40, 70, 220),
+    "yellow": (235, 210, 40),
+    "purple": (140, 50, 170),
+    "white": (245, 245, 245),
+}  # also the palette of sspo_tiny's random test fixtures
+SHAPES = ("circle", "square", "triangle")
+SIZES = {"small": 0.32, "big": 0.50}  # side of the shape's box, as a fraction of the image side
+POSITIONS = {  # phrase -> centre of the shape, as fractions of the image side (x, y)
+    "at the top left": (0.28, 0.28),
+    "at the top right": (0.72, 0.28),
+    "in the center": (0.50, 0.50),
+    "at the bottom left": (0.28, 0.72),
+    "at the bottom right": (0.72, 0.72),
+}
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+VIDEO_SHAPE_SIDE = 0.40  # videos have no size word: one box side for all
+VIDEO_TRAVEL = 0.40  # how far a video's shape moves over the clip, as a fraction of the side
+HELD_OUT_FRACTION = 0.1
+HELD_OUT_SEED = 2410  # fixed forever: changing it would leak held-out captions into training
+IMAGE_SIZE = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapeSpec:
+    """What a caption asks for. ``size`` and ``position`` are set for images, ``direction`` for videos."""
+    color: str
+    shape: str
+    background: str
+    size: Optional[str] = None
+    position: Optional[str] = None
+    direction: Optional[str] = None
+
+    @property
+    def caption(self) -> str:
+        if self.direction is not None:
+            return f"a {self.color} {self.shape} moving {self.direction} on a {self.background} background"
+        return f"a {self.size} {self.color} {self.shape} {self.position} on a {self.background} background"
+
+
+def all_image_specs() -> List[ShapeSpec]:
+    """Every image caption of the grammar: 6 colours x 3 shapes x 5 backgrounds x 2 sizes x 5 positions = 900."""
+    return [ShapeSpec(c, s, b, size, pos) for c, s, b, size, pos in
+            itertools.product(COLORS, SHAPES, COLORS, SIZES, POSITIONS) if b != c]
+
+
+def all_video_specs() -> List[ShapeSpec]:
+    """Every video caption: 6 colours x 3 shapes x 5 backgrounds x 4 directions = 360."""
+    return [ShapeSpec(c, s, b, direction=d) for c, s, b, d in itertools.product(COLORS, SHAPES, COLORS, DIRECTIONS)
+            if b != c]
+
+
+def split_specs(specs: Sequence[ShapeSpec]):
+    """(train, held_out): a fixed 10% of the combinations is held out of every training set."""
+    held = set(random.Random(HELD_OUT_SEED).sample(range(len(specs)), round(HELD_OUT_FRACTION * len(specs))))
+    return [s for i, s in enumerate(specs) if i not in held], [s for i, s in enumerate(specs) if i in held]
+
+
+def image_split():
+    return split_specs(all_image_specs())
+
+
+def video_split():
+    return split_specs(all_video_specs())
+
+
+def parse_caption(caption: str) -> ShapeSpec:
+    """The ShapeSpec a caption of the grammar asks for; ValueError for any other text."""
+    words = caption.strip().rstrip(".").split()
+    try:
+        if "moving" in words:  # a {color} {shape} moving {direction} on a {bg} background
+            a, color, shape, _, direction, on, a2, background, last = words
+            spec = ShapeSpec(color, shape, background, direction=direction)
+        else:  # a {size} {color} {shape} {position...} on a {bg} background
+            size, color, shape = words[1:4]
+            position = " ".join(words[4:-4])
+            spec = ShapeSpec(color, shape, words[-2], size, position)
+    except ValueError:
+        raise ValueError(f"not a shapes-world caption: {caption!r}") from None
+    if spec.caption != " ".join(words) or not _known(spec):
+        raise ValueError(f"not a shapes-world caption: {caption!r}")
+    return spec
+
+
+def _known(spec: ShapeSpec) -> bool:
+    return (spec.color in COLORS and spec.background in COLORS and spec.shape in SHAPES
+            and (spec.direction in DIRECTIONS if spec.direction is not None
+                 else spec.size in SIZES and spec.position in POSITIONS))
+
+
+def grammar_words() -> List[str]:
+    words = {"a", "on", "background", "moving"} | set(COLORS) | set(SHAPES) | set(SIZES) | set(DIRECTIONS)
+    for phrase in POSITIONS:
+        words.update(phrase.split())
+    return sorted(words)
+
+
+# ---------------------------------------------------------------------------
+# 2. Renderer
+# ---------------------------------------------------------------------------
+
+def _draw_shape(draw, shape, box, fill):
+    x0, y0, x1, y1 = box
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    else:
+        draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
+
+
+def _box(center, side, image_size):
+    cx, cy = center[0] * image_size, center[1] * image_size
+    half = side * image_size / 2
+    return (cx - half, cy - half, cx + half - 1, cy + half - 1)
+
+
+def render(spec: ShapeSpec, image_size: int = IMAGE_SIZE, rng: Optional[random.Random] = None) -> Image.Image:
+    """The image a caption describes; ``rng`` jitters the centre by up to image_size/32 pixels."""
+    jitter = (rng.uniform(-1, 1) * image_size / 32, rng.uniform(-1, 1) * image_size / 32) if rng else (0, 0)
+    center = POSITIONS[spec.position]
+    center = (center[0] + jitter[0] / image_size, center[1] + jitter[1] / image_size)
+    image = Image.new("RGB", (image_size, image_size), COLORS[spec.background])
+    _draw_shape(ImageDraw.Draw(image), spec.shape, _box(center, SIZES[spec.size], image_size), COLORS[spec.color])
+    return image
+
+
+def render_video(spec: ShapeSpec, num_frames: int = 8, image_size: int = IMAGE_SIZE,
+                 rng: Optional[random.Random] = None) -> List[Image.Image]:
+    """Frames of the shape moving ``VIDEO_TRAVEL`` of the side in the caption's direction, from a
+    start point (jittered by ``rng``) that keeps it inside the frame."""
+    dx, dy = DIRECTIONS[spec.direction]
+    half = VIDEO_SHAPE_SIDE / 2
+    lo, hi = half + 0.02, 1 - half - 0.02  # centre range that keeps the shape inside
+    def start(d):  # along the motion: start where the travel still fits; across: anywhere
+        if d > 0:
+            return lo + (rng.uniform(0, hi - lo - VIDEO_TRAVEL) if rng else 0)
+        if d < 0:
+            return hi - (rng.uniform(0, hi - lo - VIDEO_TRAVEL) if rng else 0)
+        return rng.uniform(lo, hi) if rng else 0.5
+    x0, y0 = start(dx), start(dy)
+    frames = []
+    for i in range(num_frames):
+        progress = VIDEO_TRAVEL * i / max(1, num_frames - 1)
+        image = Image.new("RGB", (image_size, image_size), COLORS[spec.background])
+        box = _box((x0 + dx * progress, y0 + dy * progress), VIDEO_SHAPE_SIDE, image_size)
+        _draw_shape(ImageDraw.Draw(image), spec.shape, box, COLORS[spec.color])
+        frames.append(image)
+    return frames
+
+
+def degrade(image: Image.Image, kind: str, rng: random.Random) -> Image.Image:
+    """Web-like damage for tests and data: "blur", "noise" or "blank" (the background alone)."""
+    if kind == "blur":
+        return image.filter(ImageFilter.GaussianBlur(radius=image.size[0] / 10))
+    array = np.asarray(image).astype(np.float32)
+    if kind == "noise":
+        noise = np.random.default_rng(rng.randrange(2**31)).uniform(0, 255, array.shape)
+        return Image.fromarray(noise.astype(np.uint8))
+    if kind == "blank":
+        return Image.new("RGB", image.size, tuple(int(v) for v in array[0, 0]))
+    raise ValueError(f"unknown degradation {kind!r}")
+
+
+# ---------------------------------------------------------------------------
+# 3. Ground-truth reward
+# ---------------------------------------------------------------------------
+
+COLOR_TOLERANCE = 60.0  # RGB distance within which a pixel counts as a palette colour
+_PALETTE = np.array(list(COLORS.values()), dtype=np.float32)
+_PALETTE_NAMES = list(COLORS)
+
+
+def _palette_labels(array: np.ndarray) -> np.ndarray:
+    """Per pixel: index of the nearest palette colour, or -1 when none is within COLOR_TOLERANCE."""
+    distance = np.linalg.norm(array[:, :, None, :] - _PALETTE[None, None], axis=-1)
+    labels = distance.argmin(-1)
+    labels[distance.min(-1) > COLOR_TOLERANCE] = -1
+    return labels
+
+
+def _clean(mask: np.ndarray) -> np.ndarray:
+    """Drop pixels with fewer than two 4-neighbours in the mask (stray sampling speckle)."""
+    padded = np.pad(mask, 1)
+    neighbours = padded[:-2, 1:-1].astype(int) + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:]
+    return mask & (neighbours >= 2)
+
+
+def _shape_stats(mask: np.ndarray):
+    """(area, fill of the bounding box, centroid x, centroid y) of a cleaned mask, in pixels."""
+    ys, xs = np.nonzero(mask)
+    box_area = (xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1)
+    return len(xs), len(xs) / box_area, xs.mean() + 0.5, ys.mean() + 0.5
+
+
+def _calibrate_fills():
+    """Bounding-box fill of each shape as the renderer draws it (rasterised, not ideal geometry)."""
+    fills = {}
+    for shape in SHAPES:
+        values = []
+        for size, position in itertools.product(SIZES, POSITIONS):
+            array = np.asarray(render(ShapeSpec("red", shape, "blue", size, position))).astype(np.float32)
+            values.append(_shape_stats(_clean(_palette_labels(array) == 0))[1])
+        fills[shape] = float(np.mean(values))
+    return fills
+
+
+SHAPE_FILLS = _calibrate_fills()
+FILL_SIGMA = 0.07  # square 1.0 vs circle ~0.8 vs triangle ~0.55: a wrong kind scores near 0
+SIZE_SIGMA = 0.5  # in log area: the other size word (area ratio ~2.4) scores about 0.2
+POSITION_SIGMA = 0.1  # in image sides: a neighbouring position (>= 0.22 away) scores under 0.1
+
+
+def _expected_area(shape, side, image_size):
+    return SHAPE_FILLS[shape] * (side * image_size) ** 2
+
+
+def _static_scores(array: np.ndarray, spec: ShapeSpec, side: float) -> Dict[str, float]:
+    """Colour, background and shape-kind scores of one frame, plus the stats for size and position."""
+    n = array.shape[0]
+    labels = _palette_labels(array)
+    expected = _expected_area(spec.shape, side, n)
+    background = float(np.mean(labels == _PALETTE_NAMES.index(spec.background)))
+    scores = {"background": min(1.0, background / (1 - expected / n ** 2))}
+    mask = _clean(labels == _PALETTE_NAMES.index(spec.color))
+    if mask.sum() < 3:
+        return {**scores, "color": 0.0, "shape": 0.0, "area": 0.0, "center": None}
+    area, fill, cx, cy = _shape_stats(mask)
+    scores["color"] = min(1.0, area / (0.5 * expected))
+    scores["shape"] = math.exp(-((fill - SHAPE_FILLS[spec.shape]) / FILL_SIGMA) ** 2 / 2)
+    return {**scores, "area": area, "center": (cx / n, cy / n)}
+
+
+def reward_components(image, caption: str) -> Dict[str, float]:
+    """Per-attribute scores in [0, 1] of an image (PIL or HxWx3 uint8) for a caption:
+    color (pixels of the named shape colour), background, shape (kind, from the bounding-box fill),
+    size (area vs the named size) and position (centroid vs the named position)."""
+    spec = parse_caption(caption)
+    if spec.direction is not None:
+        raise ValueError(f"{caption!r} is a video caption; use video_reward_components")
+    array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image).astype(np.float32)
+    n = array.shape[0]
+    stats = _static_scores(array, spec, SIZES[spec.size])
+    scores = {k: stats[k] for k in ("color", "background", "shape")}
+    if stats["center"] is None:
+        return {**scores, "size": 0.0, "position": 0.0}
+    ratio = stats["area"] / _expected_area(spec.shape, SIZES[spec.size], n)
+    scores["size"] = math.exp(-(math.log(ratio) / SIZE_SIGMA) ** 2 / 2)
+    target = POSITIONS[spec.position]
+    distance = math.dist(stats["center"], target)
+    scores["position"] = math.exp(-(distance / POSITION_SIGMA) ** 2 / 2)
+    return scores
+
+
+def reward(image, caption: str) -> float:
+    """The ground-truth reward: the mean of the five attribute scores, in [0, 1]."""
+    return float(np.mean(list(reward_components(image, caption).values())))
+
+
+def video_reward_components(frames, caption: str) -> Dict[str, float]:
+    """Per-attribute scores of a clip: color, background and shape averaged over frames, and
+    direction: the centroid's displacement from the first to the last frame where the shape is
+    found, along the named direction, relative to half the rendered travel (clipped to [0, 1])."""
+    spec = parse_caption(caption)
+    if spec.direction is None:
+        raise ValueError(f"{caption!r} is an image caption; use reward_components")
+    per_frame = [_static_scores(np.asarray(f.convert("RGB") if isinstance(f, Image.Image) else f).astype(np.float32),
+                                spec, VIDEO_SHAPE_SIDE) for f in frames]
+    scores = {k: float(np.mean([s[k] for s in per_frame])) for k in ("color", "background", "shape")}
+    centers = [s["center"] for s in per_frame if s["center"] is not None]
+    if len(centers) < 2:
+        return {**scores, "direction": 0.0}
+    dx, dy = DIRECTIONS[spec.direction]
+    along = (centers[-1][0] - centers[0][0]) * dx + (centers[-1][1] - centers[0][1]) * dy
+    scores["direction"] = float(np.clip(along / (0.5 * VIDEO_TRAVEL), 0.0, 1.0))
+    return scores
+
+
+def video_reward(frames, caption: str) -> float:
+    """The ground-truth video reward: the mean of color, background, shape and direction, in [0, 1]."""
+    return float(np.mean(list(video_reward_components(frames, caption).values())))
+
+
+# ---------------------------------------------------------------------------
+# 4. Builders: tokenizer, model, pretraining, preference data
+# ---------------------------------------------------------------------------
+
+SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
+
+
+def _bpe(symbols: List[str], ranks: Dict) -> List[str]:
+    """Byte-pair encoding as CLIP applies it: merge the best-ranked adjacent pair until none is left."""
+    symbols = list(symbols)
+    while len(symbols) > 1:
+        rank, i = min((ranks.get(pair, math.inf), i) for i, pair in enumerate(zip(symbols, symbols[1:])))
+        if rank == math.inf:
+            break
+        first, second = symbols[i], symbols[i + 1]
+        merged, j = [], 0
+        while j < len(symbols):
+            if j + 1 < len(symbols) and symbols[j] == first and symbols[j + 1] == second:
+                merged.append(first + second)
+                j += 2
+            else:
+                merged.append(symbols[j])
+                j += 1
+        symbols = merged
+    return symbols
+
+
+def write_shapes_tokenizer_files(directory: str):
+    """A CLIP vocabulary that is byte-level (any text tokenizes) plus merges that make every word of
+    the grammar one token, so that the text encoder sees words, not letters. Returns (vocab, merges)."""
+    from sspo_tiny import _bytes_to_unicode
+
+    symbols = _bytes_to_unicode()
+    tokens = symbols + [s + "</w>" for s in symbols]
+    merges, ranks = [], {}
+    for word in grammar_words():
+        # Append the merge of the first two pieces until the word is one token. Earlier words are
+        # single tokens already, so a new (lowest-ranked) merge cannot split them.
+        while len(pieces := _bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks)) > 1:
+            ranks[(pieces[0], pieces[1])] = len(merges)
+            merges.append((pieces[0], pieces[1]))
+            tokens.append(pieces[0] + pieces[1])
+    tokens += list(SPECIAL_TOKENS)
+    os.makedirs(directory, exist_ok=True)
+    vocab_file, merges_file = os.path.join(directory, "vocab.json"), os.path.join(directory, "merges.txt")
+    with open(vocab_file, "w", encoding="utf-8") as f:
+        json.dump({token: i for i, token in enumerate(tokens)}, f, ensure_ascii=False)
+    with open(merges_file, "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    return vocab_file, merges_file
+
+
+def build_shapes_components(seed: int = 0):
+    """Random-init SD1.5-shaped components for the shapes world: 32 px images -> 4x8x8 latents
+    (a 3-block VAE), a 2-block cross-attention UNet, a 2-layer CLIP text encoder on a word-level
+    vocabulary, and SD1.5's DDIM scheduler settings."""
+    import tempfile
+
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1, norm_num_groups=16, sample_size=IMAGE_SIZE,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = CLIPTokenizer(*write_shapes_tokenizer_files(tmp), model_max_length=77)
+    bos_id, eos_id = tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=77, bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=eos_id,
+    ))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+
+
+def to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
+    """PIL images -> (b, 3, h, w) in [-1, 1]."""
+    array = np.stack([np.asarray(image.convert("RGB")) for image in images]).astype(np.float32)
+    return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1
+
+
+def mismatch(spec: ShapeSpec, rng: random.Random) -> ShapeSpec:
+    """The spec with one attribute changed at random: a "web-like" caption that misdescribes its image."""
+    field = rng.choice(["color", "shape", "background"] + (["direction"] if spec.direction else ["size", "position"]))
+    choices = {"color": COLORS, "shape": SHAPES, "background": COLORS, "size": SIZES, "position": POSITIONS,
+               "direction": DIRECTIONS}[field]
+    value = rng.choice([v for v in choices if v != getattr(spec, field)
+                        and not (field == "color" and v == spec.background)
+                        and not (field == "background" and v == spec.color)])
+    return dataclasses.replace(spec, **{field: value})
+
+
+def _lr_at(step, total, peak, warmup=100):
+    """Linear warmup, then cosine decay to 10% of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
+
+
+def _save_state(path, **state):
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _log(message):
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _denoising_step(unet, noise_scheduler, clean, text_embeddings, optimizer, parameters, generator):
+    """One step of SD's pretraining objective: noise x_0 to x_t at a uniform t, predict epsilon.
+    ``text_embeddings`` is called after the draws, so that its cost never shifts them."""
+    noise = torch.randn(clean.shape, generator=generator)
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (clean.shape[0],), generator=generator)
+    noisy = noise_scheduler.add_noise(clean, noise, timesteps)
+    loss = torch.nn.functional.mse_loss(unet(noisy, timesteps, text_embeddings()).sample, noise)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+    optimizer.step()
+    return loss
+
+
+def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, unet_steps: int = 1500,
+                         num_renders: int = 20000, mismatch_rate: float = 0.1, caption_dropout: float = 0.1,
+                         batch_size: int = 64, vae_batch_size: int = 16, vae_lr: float = 2e-3,
+                         save_every: int = 250) -> Dict:
+    """Pretrain the shapes-world StableDiffusionPipeline from scratch and save it to ``output_dir``.
+
+    Phase 1 trains the VAE on renders (MSE + 1e-6 KL, batch ``vae_batch_size``) and sets ``scaling_factor`` to 1/std of the
+    latents. Phase 2 trains the UNet and the text encoder together on epsilon prediction, on
+    "web-like" captions: ``mismatch_rate`` of them misdescribe their image by one attribute, and
+    ``caption_dropout`` are empty so that classifier-free guidance works. Held-out combinations are
+    never rendered. Deterministic for a seed and thread count; resumes from ``.pretrain_state.pt``."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    os.makedirs(output_dir, exist_ok=True)
+    state_path = os.path.join(output_dir, ".pretrain_state.pt")
+    state = torch.load(state_path, weights_only=False) if os.path.isfile(state_path) else None
+    components = build_shapes_components(seed)
+    vae, unet, text_encoder, tokenizer = (components[k] for k in ("vae", "unet", "text_encoder", "tokenizer"))
+    rng = random.Random(seed)
+    train_specs, _ = image_split()
+    specs = [rng.choice(train_specs) for _ in range(num_renders)]
+    images = to_tensor([render(spec, rng=rng) for spec in specs])
+    captions = [(mismatch(s, rng) if rng.random() < mismatch_rate else s).caption for s in specs]
+    input_ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    empty_ids = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    generator = torch.Generator().manual_seed(seed)
+    timings = {}
+
+    # Phase 1: VAE. The posterior's log-variance starts near -10: a fresh VAE samples latents with
+    # std ~1, and the decoder then learns from noise for hundreds of steps; SD's VAE has a tiny std too.
+    with torch.no_grad():
+        latent_channels = vae.config.latent_channels
+        vae.quant_conv.bias[latent_channels:] = -10.0
+        vae.quant_conv.weight[latent_channels:] *= 0.01
+    vae_optimizer = torch.optim.AdamW(vae.parameters(), lr=vae_lr, weight_decay=0.0)
+    start = 0
+    if state is not None:
+        vae.load_state_dict(state["vae"])
+        vae_optimizer.load_state_dict(state["vae_optimizer"])
+        generator.set_state(state["generator"])
+        start = state["vae_step"]
+        timings = state["timings"]
+    began = time.perf_counter() - timings.get("vae_s", 0.0)
+    for step in range(start, vae_steps):
+        for group in vae_optimizer.param_groups:
+            group["lr"] = _lr_at(step, vae_steps, vae_lr, warmup=50)
+        batch = images[torch.randint(0, num_renders, (vae_batch_size,), generator=generator)]
+        posterior = vae.encode(batch).latent_dist
+        reconstruction = vae.decode(posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)).sample
+        loss = torch.nn.functional.mse_loss(reconstruction, batch) + 1e-6 * posterior.kl().mean()
+        vae_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        vae_optimizer.step()
+        if (step + 1) % 50 == 0:
+            _log(f"vae step {step + 1}/{vae_steps} loss {loss.item():.4f}")
+        if (step + 1) % save_every == 0 or step + 1 == vae_steps:
+            timings["vae_s"] = time.perf_counter() - began
+            _save_state(state_path, vae=vae.state_dict(), vae_optimizer=vae_optimizer.state_dict(),
+                        generator=generator.get_state(), vae_step=step + 1, timings=timings)
+    vae.requires_grad_(False).eval()
+    with torch.no_grad():
+        means = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in images.split(500)])
+        reconstruction_mse = float(torch.nn.functional.mse_loss(vae.decode(means[:500]).sample, images[:500]))
+    scaling_factor = float(1.0 / means.std())
+    vae.register_to_config(scaling_factor=scaling_factor)
+    latents = means * scaling_factor
+    _log(f"vae done: reconstruction MSE {reconstruction_mse:.4f}, scaling_factor {scaling_factor:.4f}")
+
+    # Phase 2: UNet + text encoder.
+    noise_scheduler = DDPMScheduler.from_config(components["scheduler"].config)
+    parameters = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=1e-3, weight_decay=1e-4)
+    start = 0
+    if state is not None and "unet" in state:
+        unet.load_state_dict(state["unet"])
+        text_encoder.load_state_dict(state["text_encoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        start = state["unet_step"]
+    began = time.perf_counter() - timings.get("unet_s", 0.0)
+    unet.train()
+    text_encoder.train()
+    for step in range(start, unet_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, unet_steps, 1e-3)
+        index = torch.randint(0, num_renders, (batch_size,), generator=generator)
+        ids = input_ids[index].clone()
+        ids[torch.rand(batch_size, generator=generator) < caption_dropout] = empty_ids[0]
+        loss = _denoising_step(unet, noise_scheduler, latents[index], lambda: text_encoder(ids)[0], optimizer,
+                               parameters, generator)
+        if (step + 1) % 50 == 0:
+            _log(f"unet step {step + 1}/{unet_steps} loss {loss.item():.4f}")
+        if (step + 1) % save_every == 0 or step + 1 == unet_steps:
+            timings["unet_s"] = time.perf_counter() - began
+            _save_state(state_path, vae=vae.state_dict(), vae_optimizer=vae_optimizer.state_dict(), vae_step=vae_steps,
+                        unet=unet.state_dict(), text_encoder=text_encoder.state_dict(), optimizer=optimizer.state_dict(),
+                        generator=generator.get_state(), unet_step=step + 1, timings=timings)
+    pipeline = StableDiffusionPipeline(**{**components, "unet": unet.eval(), "text_encoder": text_encoder.eval()},
+                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipeline.save_pretrained(output_dir)
+    info = {"seed": seed, "vae_steps": vae_steps, "unet_steps": unet_steps, "num_renders": num_renders,
+            "mismatch_rate": mismatch_rate, "caption_dropout": caption_dropout, "batch_size": batch_size,
+            "vae_batch_size": vae_batch_size, "vae_lr": vae_lr, "vae_reconstruction_mse": reconstruction_mse, "scaling_factor": scaling_factor,
+            "vae_seconds": round(timings.get("vae_s", 0.0), 1), "unet_seconds": round(timings.get("unet_s", 0.0), 1),
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+    with open(os.path.join(output_dir, "pretraining.json"), "w") as f:
+        json.dump(info, f, indent=2)
+    os.remove(state_path)
+    return info
+
+
+
+def load_pipeline(model_dir: str, motion_adapter_dir: Optional[str] = None):
+    """The shapes-world pipeline from its folder: StableDiffusionPipeline, or AnimateDiffPipeline
+    when a MotionAdapter folder is given (the same DDIM scheduler in both)."""
+    from diffusers import AnimateDiffPipeline, MotionAdapter, StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline.from_pretrained(model_dir, safety_checker=None, requires_safety_checker=False)
+    if motion_adapter_dir is None:
+        return pipeline.set_progress_bar_config(disable=True) or pipeline
+    adapter = MotionAdapter.from_pretrained(motion_adapter_dir)
+    video_pipeline = AnimateDiffPipeline(vae=pipeline.vae, text_encoder=pipeline.text_encoder, tokenizer=pipeline.tokenizer,
+                                         unet=pipeline.unet, motion_adapter=adapter, scheduler=pipeline.scheduler)
+    video_pipeline.set_progress_bar_config(disable=True)
+    return video_pipeline
+
+
+@torch.no_grad()
+def generate(pipeline, captions: Sequence[str], seeds: Sequence[int], num_inference_steps: int = 20,
+             guidance_scale: float = 5.0, batch_size: int = 64, num_frames: int = 8):
+    """One image (or clip, for an AnimateDiffPipeline) per (caption, seed), each from its own seeded
+    CPU generator, so that a result does not depend on the batch it was drawn in."""
+    from diffusers import AnimateDiffPipeline
+
+    video = isinstance(pipeline, AnimateDiffPipeline)
+    outputs = []
+    for start in range(0, len(captions), batch_size):
+        chunk = slice(start, start + batch_size)
+        kwargs = dict(prompt=list(captions[chunk]), generator=[torch.Generator().manual_seed(s) for s in seeds[chunk]],
+                      num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, output_type="pil")
+        if video:
+            outputs.extend(pipeline(num_frames=num_frames, height=IMAGE_SIZE, width=IMAGE_SIZE, **kwargs).frames)
+        else:
+            outputs.extend(pipeline(height=IMAGE_SIZE, width=IMAGE_SIZE, **kwargs).images)
+    return outputs
+
+
+def pretrain_motion_adapter(model_dir: str, output_dir: str, seed: int = 0, steps: int = 600, num_clips: int = 4000,
+                            num_frames: int = 8, batch_size: int = 8, mismatch_rate: float = 0.1,
+                            caption_dropout: float = 0.1, save_every: int = 100) -> Dict:
+    """Pretrain a MotionAdapter for the shapes UNet on moving-shape clips, AnimateDiff-style: the
+    image UNet, VAE and text encoder stay frozen and only the motion modules learn (epsilon
+    prediction on per-frame latents, b c f h w). Captions are web-like as for the image model.
+    Held-out video combinations are never rendered. Resumes from ``.pretrain_state.pt``."""
+    from diffusers import DDPMScheduler, MotionAdapter, UNetMotionModel
+
+    os.makedirs(output_dir, exist_ok=True)
+    state_path = os.path.join(output_dir, ".pretrain_state.pt")
+    base = load_pipeline(model_dir)
+    vae, text_encoder, tokenizer = base.vae, base.text_encoder, base.tokenizer
+    torch.manual_seed(seed)
+    adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=2, motion_num_attention_heads=4,
+                            motion_norm_num_groups=32, motion_max_seq_length=32)
+    unet = UNetMotionModel.from_unet2d(base.unet, adapter)
+    unet.freeze_unet2d_params()
+    rng = random.Random(seed)
+    train_specs, _ = video_split()
+    specs = [rng.choice(train_specs) for _ in range(num_clips)]
+    clips = [render_video(spec, num_frames, rng=rng) for spec in specs]
+    captions = [(mismatch(s, rng) if rng.random() < mismatch_rate else s).caption for s in specs]
+    with torch.no_grad():
+        frames = to_tensor([frame for clip in clips for frame in clip])
+        latents = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in frames.split(1000)])
+        latents = (latents * vae.config.scaling_factor).unflatten(0, (num_clips, num_frames)).transpose(1, 2)
+        distinct = sorted(set(captions)) + [""]
+        ids = tokenizer(distinct, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        embeddings = torch.cat([text_encoder(chunk)[0] for chunk in ids.split(256)])
+    caption_index = torch.tensor([distinct.index(c) for c in captions])
+    noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)
+    parameters = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=1e-3, weight_decay=1e-4)
+    generator = torch.Generator().manual_seed(seed)
+    start, seconds = 0, 0.0
+    if os.path.isfile(state_path):
+        state = torch.load(state_path, weights_only=False)
+        unet.load_state_dict(state["unet"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        start, seconds = state["step"], state["seconds"]
+    began = time.perf_counter() - seconds
+    unet.train()
+    for step in range(start, steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, steps, 1e-3, warmup=50)
+        index = torch.randint(0, num_clips, (batch_size,), generator=generator)
+        text_index = caption_index[index].clone()
+        text_index[torch.rand(batch_size, generator=generator) < caption_dropout] = len(distinct) - 1
+        # Since diffusers 0.31 the motion UNet wants one text embedding per frame.
+        loss = _denoising_step(unet, noise_scheduler, latents[index],
+                               lambda: embeddings[text_index].repeat_interleave(num_frames, dim=0), optimizer,
+                               parameters, generator)
+        if (step + 1) % 25 == 0:
+            _log(f"motion step {step + 1}/{steps} loss {loss.item():.4f}")
+        if (step + 1) % save_every == 0 or step + 1 == steps:
+            _save_state(state_path, unet=unet.state_dict(), optimizer=optimizer.state_dict(),
+                        generator=generator.get_state(), step=step + 1, seconds=time.perf_counter() - began)
+            seconds = time.perf_counter() - began
+    unet.eval().save_motion_modules(output_dir)
+    info = {"seed": seed, "steps": steps, "num_clips": num_clips, "num_frames": num_frames, "batch_size": batch_size,
+            "mismatch_rate": mismatch_rate, "caption_dropout": caption_dropout, "seconds": round(seconds, 1),
+            "base_model": model_dir, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    with open(os.path.join(output_dir, "pretraining.json"), "w") as f:
+        json.dump(info, f, indent=2)
+    os.remove(state_path)
+    return info
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def judge(reward_0: float, reward_1: float, margin: float):
+    """Pick-a-Pic labels from two rewards: (label_0, label_1), a tie (0.5, 0.5) within ``margin``."""
+    if abs(reward_0 - reward_1) < margin:
+        return 0.5, 0.5
+    return (1.0, 0.0) if reward_0 > reward_1 else (0.0, 1.0)
+
+
+def make_image_preferences(model_dir: str, output_dir: str, seed: int = 0, margin: float = 0.05,
+                           num_inference_steps: int = 20, guidance_scale: float = 5.0,
+                           num_captions: Optional[int] = None) -> Dict:
+    """Pick-a-Pic-style pairs: for each training caption, two base-model images from different seeds,
+    judged by the ground-truth reward (ties within ``margin``). Writes
+    ``output_dir/data/train-00000-of-00001.parquet`` with caption, jpg_0, jpg_1, label_0, label_1,
+    has_label, are_different, and the rewards (reward_0, reward_1) for analysis."""
+    import datasets
+
+    train_specs, _ = image_split()
+    specs = train_specs if num_captions is None else random.Random(seed).sample(train_specs, num_captions)
+    captions = [spec.caption for spec in specs]
+    pipeline = load_pipeline(model_dir)
+    images = generate(pipeline, [c for c in captions for _ in range(2)],
+                      [seed * 1_000_000 + i for i in range(2 * len(captions))], num_inference_steps, guidance_scale)
+    rows = {k: [] for k in ("caption", "jpg_0", "jpg_1", "label_0", "label_1", "has_label", "are_different",
+                            "reward_0", "reward_1")}
+    for i, caption in enumerate(captions):
+        first, second = images[2 * i], images[2 * i + 1]
+        rewards = reward(first, caption), reward(second, caption)
+        label_0, label_1 = judge(*rewards, margin)
+        rows["caption"].append(caption)
+        rows["jpg_0"].append(_jpeg(first))
+        rows["jpg_1"].append(_jpeg(second))
+        rows["label_0"].append(label_0)
+        rows["label_1"].append(label_1)
+        rows["has_label"].append(True)
+        rows["are_different"].append(True)
+        rows["reward_0"].append(rewards[0])
+        rows["reward_1"].append(rewards[1])
+    os.makedirs(os.path.join(output_dir, "data"), exist_ok=True)
+    datasets.Dataset.from_dict(rows).to_parquet(os.path.join(output_dir, "data", "train-00000-of-00001.parquet"))
+    winners = [max(a, b) for a, b, l in zip(rows["reward_0"], rows["reward_1"], rows["label_0"]) if l != 0.5]
+    summary = {"model": model_dir, "captions": len(captions), "seed": seed, "margin": margin,
+               "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
+               "ties": rows["label_0"].count(0.5), "mean_reward_all": float(np.mean(rows["reward_0"] + rows["reward_1"])),
+               "mean_reward_winners": float(np.mean(winners)) if winners else None}
+    with open(os.path.join(output_dir, "preferences.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def make_video_preferences(model_dir: str, motion_adapter_dir: str, output_dir: str, seed: int = 0,
+                           margin: float = 0.05, num_inference_steps: int = 20, guidance_scale: float = 5.0,
+                           num_frames: int = 8, num_captions: Optional[int] = None) -> Dict:
+    """The video counterpart: two base clips per training caption, judged by the video reward.
+    Winners go to a ChronoMagic-layout folder (``videos/<id>.mp4`` + ``ChronoMagic_train.csv``),
+    ties are dropped, and the losers are kept in ``losers/<id>.mp4`` with ``pairs.csv``."""
+    import csv
+
+    from sspo_utils import save_video
+
+    train_specs, _ = video_split()
+    specs = train_specs if num_captions is None else random.Random(seed).sample(train_specs, num_captions)
+    captions = [spec.caption for spec in specs]
+    pipeline = load_pipeline(model_dir, motion_adapter_dir)
+    clips = generate(pipeline, [c for c in captions for _ in range(2)],
+                     [seed * 1_000_000 + i for i in range(2 * len(captions))], num_inference_steps, guidance_scale,
+                     batch_size=16, num_frames=num_frames)
+    for folder in ("videos", "losers"):
+        os.makedirs(os.path.join(output_dir, folder), exist_ok=True)
+    winners, pairs = [], []
+    for i, caption in enumerate(captions):
+        rewards = video_reward(clips[2 * i], caption), video_reward(clips[2 * i + 1], caption)
+        label_0, _ = judge(*rewards, margin)
+        pairs.append((f"shapes{i:05d}", caption, *rewards, label_0))
+        if label_0 == 0.5:
+            continue
+        win, lose = (0, 1) if label_0 == 1 else (1, 0)
+        save_video(clips[2 * i + win], os.path.join(output_dir, "videos", f"shapes{i:05d}.mp4"))
+        save_video(clips[2 * i + lose], os.path.join(output_dir, "losers", f"shapes{i:05d}.mp4"))
+        winners.append((f"shapes{i:05d}", caption, max(rewards)))
+    with open(os.path.join(output_dir, "ChronoMagic_train.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["videoid", "name", "is_transmit"])
+        writer.writerows((videoid, caption, 1) for videoid, caption, _ in winners)
+    with open(os.path.join(output_dir, "pairs.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["videoid", "caption", "reward_0", "reward_1", "label_0"])
+        writer.writerows(pairs)
+    summary = {"model": model_dir, "motion_adapter": motion_adapter_dir, "captions": len(captions), "seed": seed,
+               "margin": margin, "num_frames": num_frames, "ties": len(pairs) - len(winners),
+               "mean_reward_all": float(np.mean([p[2] for p in pairs] + [p[3] for p in pairs])),
+               "mean_reward_winners": float(np.mean([w[2] for w in winners])) if winners else None}
+    with open(os.path.join(output_dir, "preferences.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def write_prompt_files(output_dir: str, num_held_out: int = 32, num_train: int = 32, seed: int = 0) -> Dict[str, str]:
+    """Evaluation prompt files (one caption per line): a fixed sample of held-out and of training
+    captions, for images and for videos. Returns {name: path}."""
+    rng = random.Random(seed)
+    files = {}
+    for kind, (train, held) in (("image", image_split()), ("video", video_split())):
+        for split, specs, count in (("heldout", held, num_held_out), ("train", train, num_train)):
+            name = f"shapes-{split}-{kind}-prompts.txt"
+            chosen = sorted(rng.sample(specs, min(count, len(specs))), key=lambda s: s.caption)
+            files[name] = os.path.join(output_dir, name)
+            os.makedirs(output_dir, exist_ok=True)
+            with open(files[name], "w") as f:
+                f.write("".join(spec.caption + "\n" for spec in chosen))
+    return files
+
+
+def check_base(model_dir: str, prompts_file: str, motion_adapter_dir: Optional[str] = None, images_per_prompt: int = 2,
+               seed: int = 0, num_inference_steps: int = 20, guidance_scale: float = 5.0) -> Dict:
+    """Where the base model stands on a prompt file: its mean reward, the renderer's (the ceiling),
+    and chance (the base's images scored against a random other caption of the same file)."""
+    with open(prompts_file) as f:
+        captions = [line.strip() for line in f if line.strip()]
+    video = motion_adapter_dir is not None
+    score = video_reward if video else reward
+    pipeline = load_pipeline(model_dir, motion_adapter_dir)
+    repeated = [c for c in captions for _ in range(images_per_prompt)]
+    outputs = generate(pipeline, repeated, [seed + i for i in range(len(repeated))], num_inference_steps,
+                       guidance_scale, batch_size=16 if video else 64)
+    rng = random.Random(seed)
+    shuffled = [rng.choice([c for c in captions if c != caption]) for caption in repeated]
+    draw = (lambda spec: render_video(spec, rng=rng)) if video else (lambda spec: render(spec, rng=rng))
+    components = (video_reward_components if video else reward_components)
+    per_attribute = [components(o, c) for o, c in zip(outputs, repeated)]
+    return {"prompts_file": prompts_file, "captions": len(captions), "images_per_prompt": images_per_prompt,
+            "base": float(np.mean([score(o, c) for o, c in zip(outputs, repeated)])),
+            "base_per_attribute": {k: float(np.mean([p[k] for p in per_attribute])) for k in per_attribute[0]},
+            "renderer": float(np.mean([score(draw(parse_caption(c)), c) for c in repeated])),
+            "chance": float(np.mean([score(o, c) for o, c in zip(outputs, shuffled)])),
+            "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "seed": seed}
+
+
+
+def parse_args(input_args=None):
+    parser = argparse.ArgumentParser(description="Build the shapes world: pretrain its models, make its preference data.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    pretrain = commands.add_parser("pretrain", help="Pretrain the SD1.5-shaped image model from scratch.")
+    pretrain.add_argument("--output_dir", default="models/shapes-sd15")
+    pretrain.add_argument("--vae_steps", type=int, default=800)
+    pretrain.add_argument("--unet_steps", type=int, default=1500)
+    pretrain.add_argument("--num_renders", type=int, default=20000)
+    video = commands.add_parser("pretrain_video", help="Pretrain a MotionAdapter for the image model's UNet.")
+    video.add_argument("--model", default="models/shapes-sd15")
+    video.add_argument("--output_dir", default="models/shapes-motion-adapter")
+    video.add_argument("--steps", type=int, default=600)
+    video.add_argument("--num_clips", type=int, default=4000)
+    video.add_argument("--num_frames", type=int, default=8)
+    for command in (pretrain, video):
+        command.add_argument("--mismatch_rate", type=float, default=0.1,
+                             help="Share of web-like captions that misdescribe their image by one attribute.")
+        command.add_argument("--threads", type=int, default=1,
+                             help="CPU threads. The shipped weights were made with 1; the same seed and thread count "
+                                  "give the same weights.")
+    preferences = commands.add_parser("preferences", help="Pick-a-Pic-format pairs judged by the reward.")
+    video_preferences = commands.add_parser("video_preferences", help="ChronoMagic-layout winners (and losers).")
+    check = commands.add_parser("check", help="Reward of the base model vs the renderer and chance on a prompt file.")
+    for command in (preferences, video_preferences, check):
+        command.add_argument("--model", default="models/shapes-sd15")
+        command.add_argument("--num_inference_steps", type=int, default=20)
+        command.add_argument("--guidance_scale", type=float, default=5.0)
+    for command in (video_preferences, check):
+        command.add_argument("--motion_adapter", default=None, help="A MotionAdapter folder: video instead of images.")
+    for command in (preferences, video_preferences):
+        command.add_argument("--output_dir", required=True)
+        command.add_argument("--margin", type=float, default=0.05, help="Reward difference under which a pair is a tie.")
+        command.add_argument("--num_captions", type=int, default=None, help="Default: every training caption.")
+    check.add_argument("--prompts", required=True, help="A prompt file written by the prompts command.")
+    check.add_argument("--output", default=None, help="Also write the numbers to this JSON file.")
+    prompts = commands.add_parser("prompts", help="Write the held-out and training evaluation prompt files.")
+    prompts.add_argument("--output_dir", default="data")
+    prompts.add_argument("--num_prompts", type=int, default=32)
+    for command in (pretrain, video, preferences, video_preferences, check, prompts):
+        command.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(input_args)
+    if args.command == "video_preferences" and not args.motion_adapter:
+        parser.error("video_preferences needs --motion_adapter")
+    return args
+
+
+def main(args):
+    if args.command in ("pretrain", "pretrain_video"):
+        torch.set_num_threads(args.threads)
+    if args.command == "pretrain":
+        result = pretrain_image_model(args.output_dir, args.seed, args.vae_steps, args.unet_steps, args.num_renders,
+                                      args.mismatch_rate)
+    elif args.command == "pretrain_video":
+        result = pretrain_motion_adapter(args.model, args.output_dir, args.seed, args.steps, args.num_clips,
+                                         args.num_frames, mismatch_rate=args.mismatch_rate)
+    elif args.command == "preferences":
+        result = make_image_preferences(args.model, args.output_dir, args.seed, args.margin, args.num_inference_steps,
+                                        args.guidance_scale, args.num_captions)
+    elif args.command == "video_preferences":
+        result = make_video_preferences(args.model, args.motion_adapter, args.output_dir, args.seed, args.margin,
+                                        args.num_inference_steps, args.guidance_scale, num_captions=args.num_captions)
+    elif args.command == "prompts":
+        result = write_prompt_files(args.output_dir, args.num_prompts, args.num_prompts, args.seed)
+    else:
+        result = check_base(args.model, args.prompts, args.motion_adapter, seed=args.seed,
+                            num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale)
+        if args.output:
+            os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+            with open(args.output, "w") as f:
+                json.dump(result, f, indent=2)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,188 @@
+"""The shapes world: caption grammar, held-out split, tokenizer, ground-truth reward, and the
+Pick-a-Pic / ChronoMagic preference-data generators (on a random-weight shapes pipeline)."""
+
+import csv
+import dataclasses
+import io
+import os
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import shapes_world as sw
+
+
+# --- grammar and split -------------------------------------------------------------------------
+
+def test_grammar_sizes_and_round_trip():
+    specs, videos = sw.all_image_specs(), sw.all_video_specs()
+    assert len(specs) == 900 and len(videos) == 360
+    assert len({s.caption for s in specs}) == 900
+    for spec in specs + videos:
+        assert sw.parse_caption(spec.caption) == spec
+
+
+@pytest.mark.parametrize("caption", ["a photo of an astronaut", "a small red circle at the top on a blue background",
+                                     "a huge red circle in the center on a blue background",
+                                     "a red circle moving sideways on a blue background", ""])
+def test_parse_caption_rejects_other_text(caption):
+    with pytest.raises(ValueError, match="not a shapes-world caption"):
+        sw.parse_caption(caption)
+
+
+def test_held_out_split_is_fixed_and_disjoint():
+    train, held = sw.image_split()
+    again_train, again_held = sw.image_split()
+    assert held == again_held and train == again_train
+    assert len(held) == 90 and not {s.caption for s in train} & {s.caption for s in held}
+    video_train, video_held = sw.video_split()
+    assert len(video_held) == 36 and not {s.caption for s in video_train} & {s.caption for s in video_held}
+
+
+def test_prompt_files_hold_out_what_they_say(tmp_path):
+    files = sw.write_prompt_files(str(tmp_path), num_held_out=10, num_train=10)
+    held = {s.caption for s in sw.image_split()[1]} | {s.caption for s in sw.video_split()[1]}
+    for name, path in files.items():
+        captions = open(path).read().splitlines()
+        assert len(captions) == 10
+        assert all((c in held) == ("heldout" in name) for c in captions)
+
+
+def test_shipped_prompt_files_match_the_generator(tmp_path):
+    files = sw.write_prompt_files(str(tmp_path))
+    for name, path in files.items():
+        assert open(path).read() == open(os.path.join(sw.__file__.rsplit(os.sep, 1)[0], "data", name)).read()
+
+
+def test_every_grammar_word_is_one_token(tmp_path):
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer(*sw.write_shapes_tokenizer_files(str(tmp_path)), model_max_length=77)
+    for word in sw.grammar_words():
+        assert tokenizer.tokenize(word) == [word + "</w>"]
+    assert len(tokenizer.tokenize("a big red circle at the top right on a green background")) == 12
+    assert tokenizer.tokenize("zebra") == ["z", "e", "b", "r", "a</w>"]  # byte-level fallback
+
+
+# --- the reward --------------------------------------------------------------------------------
+
+SAMPLE = random.Random(1).sample(sw.all_image_specs(), 60)
+
+
+def test_renders_score_near_the_top():
+    rng = random.Random(0)
+    scores = [sw.reward(sw.render(spec, rng=rng), spec.caption) for spec in SAMPLE]
+    assert min(scores) > 0.85 and np.mean(scores) > 0.93
+    assert all(0.0 <= s <= 1.0 for s in scores)
+
+
+@pytest.mark.parametrize("field", ["color", "shape", "background", "size", "position"])
+def test_changing_one_attribute_of_the_caption_lowers_the_score(field):
+    values = {"color": sw.COLORS, "shape": sw.SHAPES, "background": sw.COLORS, "size": sw.SIZES,
+              "position": sw.POSITIONS}[field]
+    for spec in SAMPLE[:20]:
+        image = sw.render(spec)
+        right = sw.reward(image, spec.caption)
+        for value in values:
+            other = dataclasses.replace(spec, **{field: value})
+            if value == getattr(spec, field) or other.color == other.background:
+                continue
+            assert sw.reward(image, other.caption) < right - 0.1, (spec.caption, other.caption)
+
+
+@pytest.mark.parametrize("kind,ceiling", [("noise", 0.1), ("blank", 0.25), ("blur", 0.65)])
+def test_noise_blur_and_blank_images_score_low(kind, ceiling):
+    rng = random.Random(0)
+    scores = [sw.reward(sw.degrade(sw.render(s), kind, rng), s.caption) for s in SAMPLE]
+    sharp = [sw.reward(sw.render(s), s.caption) for s in SAMPLE]
+    assert np.mean(scores) < ceiling and np.mean(scores) < np.mean(sharp) - 0.3
+
+
+def test_reward_refuses_the_wrong_modality():
+    image_spec, video_spec = sw.all_image_specs()[0], sw.all_video_specs()[0]
+    with pytest.raises(ValueError, match="video caption"):
+        sw.reward(sw.render(image_spec), video_spec.caption)
+    with pytest.raises(ValueError, match="image caption"):
+        sw.video_reward(sw.render_video(video_spec), image_spec.caption)
+
+
+def test_video_reward_checks_the_direction_of_motion():
+    rng = random.Random(0)
+    for spec in random.Random(2).sample(sw.all_video_specs(), 20):
+        frames = sw.render_video(spec, rng=rng)
+        right = sw.video_reward(frames, spec.caption)
+        assert right > 0.9
+        assert sw.video_reward_components(frames[::-1], spec.caption)["direction"] == 0.0
+        assert sw.video_reward_components([frames[0]] * len(frames), spec.caption)["direction"] == 0.0
+        for direction in sw.DIRECTIONS:
+            if direction != spec.direction:
+                assert sw.video_reward(frames, dataclasses.replace(spec, direction=direction).caption) < right - 0.2
+
+
+def test_judge_labels_like_pick_a_pic():
+    assert sw.judge(0.9, 0.5, 0.05) == (1.0, 0.0)
+    assert sw.judge(0.5, 0.9, 0.05) == (0.0, 1.0)
+    assert sw.judge(0.50, 0.53, 0.05) == (0.5, 0.5)
+
+
+def test_evaluate_knows_the_reward_as_a_metric():
+    import evaluate_sspo
+    from sspo_utils import SSPOInputError
+
+    scorer = evaluate_sspo.build_scorer("shapes_reward", None, "cpu")
+    spec, wrong = SAMPLE[0], dataclasses.replace(SAMPLE[0], shape="square" if SAMPLE[0].shape != "square" else "circle")
+    scores = scorer.score([sw.render(spec)] * 2, [spec.caption, wrong.caption])
+    assert scores[0] > 0.9 and scores[1] < scores[0] - 0.1
+    with pytest.raises(SSPOInputError, match="shapes world only"):
+        scorer.score([sw.render(spec)], ["a photo of a cat"])
+    assert evaluate_sspo.METRICS["shapes_video_reward"].task == "video"
+
+
+# --- data generators (random-weight shapes pipeline: the plumbing, not the quality) --------------
+
+@pytest.fixture(scope="module")
+def random_shapes_model(tmp_path_factory):
+    from diffusers import StableDiffusionPipeline
+
+    path = str(tmp_path_factory.mktemp("shapes_random") / "model")
+    StableDiffusionPipeline(**sw.build_shapes_components(seed=0), safety_checker=None, feature_extractor=None,
+                            requires_safety_checker=False).save_pretrained(path)
+    return path
+
+
+def test_image_preferences_are_pick_a_pic_pairs_judged_by_the_reward(random_shapes_model, tmp_path):
+    import datasets
+
+    summary = sw.make_image_preferences(random_shapes_model, str(tmp_path), num_inference_steps=2, num_captions=6,
+                                        margin=0.0)
+    rows = datasets.load_dataset(str(tmp_path), split="train")
+    assert set(["caption", "jpg_0", "jpg_1", "label_0", "label_1"]) <= set(rows.column_names)
+    held = {s.caption for s in sw.image_split()[1]}
+    for row in rows:
+        assert row["caption"] not in held
+        assert (row["label_0"], row["label_1"]) == sw.judge(row["reward_0"], row["reward_1"], 0.0)
+        assert Image.open(io.BytesIO(row["jpg_0"])).size == (sw.IMAGE_SIZE, sw.IMAGE_SIZE)
+    assert summary["captions"] == 6 == len(rows)
+
+
+def test_video_preferences_write_chronomagic_winners_and_keep_losers(random_shapes_model, tmp_path):
+    adapter = str(tmp_path / "adapter")
+    from diffusers import MotionAdapter
+
+    MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=2, motion_num_attention_heads=4,
+                  motion_norm_num_groups=32, motion_max_seq_length=32).save_pretrained(adapter)
+    out = tmp_path / "videos"
+    summary = sw.make_video_preferences(random_shapes_model, adapter, str(out), num_inference_steps=2, num_frames=4,
+                                        num_captions=3, margin=-1.0)  # margin < 0: no ties, so every caption has a winner
+    with open(out / "ChronoMagic_train.csv") as f:
+        winners = list(csv.DictReader(f))
+    with open(out / "pairs.csv") as f:
+        pairs = list(csv.DictReader(f))
+    assert len(winners) == len(pairs) == 3 and summary["ties"] == 0
+    held = {s.caption for s in sw.video_split()[1]}
+    for row in winners:
+        assert row["name"] not in held and row["is_transmit"] == "1"
+        assert (out / "videos" / f"{row['videoid']}.mp4").is_file()
+        assert (out / "losers" / f"{row['videoid']}.mp4").is_file()
