@@ -61,6 +61,10 @@ METRICS = {
     "fvd": MetricInfo("video", "FVD", "Frechet Video Distance with the StyleGAN-V I3D TorchScript detector vs the "
                                       "reference videos", higher_is_better=False, set_level=True),
     "psnr": MetricInfo("video", "PSNR", "mean per-frame PSNR (dB) against the reference video of the same prompt id"),
+    "shapes_reward": MetricInfo("image", "Shapes reward", "ground-truth reward of the shapes world (shapes_world.py), "
+                                                         "in [0, 1], computed from pixels with no learned model"),
+    "shapes_video_reward": MetricInfo("video", "Shapes video reward", "ground-truth video reward of the shapes world "
+                                                                      "(colour, background, shape, direction of motion)"),
 }
 DEFAULT_METRICS = {"image": ["pickscore", "hpsv2", "aesthetic", "clip", "imagereward"],
                    "video": ["clipsim", "temporal_consistency"]}
@@ -1066,6 +1070,30 @@ class FrechetVideoDistance:
 
 
 # ---------------------------------------------------------------------------
+# Ground-truth scorer of the shapes world
+# ---------------------------------------------------------------------------
+
+
+class ShapesRewardScorer:
+    """The shapes world's exact reward of an image (or clip) for its caption; needs no download."""
+
+    def __init__(self, video: bool = False):
+        import shapes_world
+
+        self.name = "shapes_video_reward" if video else "shapes_reward"
+        self.reward = shapes_world.video_reward if video else shapes_world.reward
+
+    def score(self, items, prompts) -> torch.Tensor:
+        try:
+            return torch.tensor([self.reward(item, prompt) for item, prompt in zip(items, prompts)])
+        except ValueError as error:
+            raise SSPOInputError(f"--metrics {self.name} scores captions of the shapes world only: {error}.") from error
+
+    def describe(self):
+        return {"scale": "[0, 1]", "computed_from": "pixels, no learned model"}
+
+
+# ---------------------------------------------------------------------------
 # Building scorers from the flags, and scoring
 # ---------------------------------------------------------------------------
 
@@ -1091,6 +1119,8 @@ def build_scorer(name: str, args, device):
         return TemporalConsistencyScorer(embedder.model, embedder.processor, device)
     if name == "psnr":
         return PSNRScorer()
+    if name in ("shapes_reward", "shapes_video_reward"):
+        return ShapesRewardScorer(video=name == "shapes_video_reward")
     if name == "fid":
         try:
             feature = torch.jit.load(args.fid_feature_extractor, map_location="cpu").eval() \
@@ -1157,6 +1187,7 @@ def metric_source(name, args) -> str:
         "fid": f"{args.fid_feature_extractor or args.inception_weights or 'torch-fidelity InceptionV3'} vs {args.reference_videos}",
         "fvd": f"{args.fvd_detector} vs {args.reference_videos}",
         "psnr": args.reference_videos,
+        "shapes_reward": "shapes_world.reward", "shapes_video_reward": "shapes_world.video_reward",
     }[name]
 
 
