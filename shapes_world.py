@@ -460,7 +460,7 @@ def _denoising_step(unet, noise_scheduler, clean, text_embeddings, optimizer, pa
     return loss
 
 
-def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, unet_steps: int = 1500,
+def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, unet_steps: int = 1300,
                          num_renders: int = 20000, mismatch_rate: float = 0.1, caption_dropout: float = 0.1,
                          batch_size: int = 64, vae_batch_size: int = 16, vae_lr: float = 2e-3,
                          save_every: int = 250) -> Dict:
@@ -475,7 +475,7 @@ def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, u
 
     os.makedirs(output_dir, exist_ok=True)
     state_path = os.path.join(output_dir, ".pretrain_state.pt")
-    state = torch.load(state_path, weights_only=False) if os.path.isfile(state_path) else None
+    state = torch.load(state_path, weights_only=True) if os.path.isfile(state_path) else None
     components = build_shapes_components(seed)
     vae, unet, text_encoder, tokenizer = (components[k] for k in ("vae", "unet", "text_encoder", "tokenizer"))
     rng = random.Random(seed)
@@ -644,7 +644,7 @@ def pretrain_motion_adapter(model_dir: str, output_dir: str, seed: int = 0, step
     generator = torch.Generator().manual_seed(seed)
     start, seconds = 0, 0.0
     if os.path.isfile(state_path):
-        state = torch.load(state_path, weights_only=False)
+        state = torch.load(state_path, weights_only=True)
         unet.load_state_dict(state["unet"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
@@ -827,7 +827,7 @@ def parse_args(input_args=None):
     pretrain = commands.add_parser("pretrain", help="Pretrain the SD1.5-shaped image model from scratch.")
     pretrain.add_argument("--output_dir", default="models/shapes-sd15")
     pretrain.add_argument("--vae_steps", type=int, default=800)
-    pretrain.add_argument("--unet_steps", type=int, default=1500)
+    pretrain.add_argument("--unet_steps", type=int, default=1300)
     pretrain.add_argument("--num_renders", type=int, default=20000)
     video = commands.add_parser("pretrain_video", help="Pretrain a MotionAdapter for the image model's UNet.")
     video.add_argument("--model", default="models/shapes-sd15")

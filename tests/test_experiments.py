@@ -1,0 +1,62 @@
+"""The study runner (experiments/shapes_alignment.py): the runs it launches are valid commands of the
+project's own trainers, settings shared between parts make one run, and its statistics are right."""
+
+import numpy as np
+import pytest
+
+from experiments import shapes_alignment as study
+
+
+def test_every_launched_command_parses_with_the_real_trainers(tmp_path):
+    import train_sspo_animatediff
+    import train_sspo_sd15
+
+    (tmp_path / "ChronoMagic_train.csv").write_text("videoid,name,is_transmit\n")
+    (tmp_path / "videos").mkdir()
+    args = study.parse_args(["--output_dir", str(tmp_path), "--video_data", str(tmp_path)])
+    betas = {"dpo": {"beta": 500.0}, "sspo": {"beta": 2000.0}}
+    parts = study.study_runs(args, betas)
+    runs = study.unique(study.beta_runs(args) + [run for runs in parts.values() for run in runs])
+    for run in runs:
+        command = study.train_command(args, run)
+        trainer = train_sspo_animatediff if run.video else train_sspo_sd15
+        parsed = trainer.parse_args(command[2:])
+        assert parsed.seed == run.seed and parsed.max_train_steps == (args.video_steps if run.video else args.max_train_steps)
+        assert parsed.learning_rate == args.learning_rate and parsed.train_batch_size == args.train_batch_size
+        if run.method != "sft":
+            assert parsed.beta_dpo == run.beta
+        if run.method == "spin":
+            assert (parsed.reference_strategy, parsed.ssr) == ("latest", "off")
+        if run.method == "sspo":
+            assert (parsed.reference_strategy, parsed.ssr) == ("uniform", "sft")
+
+
+def test_same_settings_in_two_parts_are_one_run(tmp_path):
+    args = study.parse_args(["--output_dir", str(tmp_path), "--snapshot_sweep", "7", "20", "60",
+                             "--sampling_sweep", "4", "10", "20"])
+    parts = study.study_runs(args, {"dpo": {"beta": 500.0}, "sspo": {"beta": 2000.0}})
+    main_sspo = [r.name for r in parts["main"] if r.method == "sspo" and r.seed == 0]
+    assert main_sspo[0] in [r.name for r in parts["snapshots"]]
+    assert main_sspo[0] in [r.name for r in parts["sampling"]]
+    assert len(parts["main"]) == 3 * 4 and len({r.name for r in parts["main"]}) == 12
+    sweep = study.beta_runs(args)
+    assert "sspo_b2000_seed0" in [r.name for r in sweep] and "dpo_b500_seed0" in [r.name for r in sweep]
+
+
+def test_probability_of_improvement_and_win_rate():
+    low, high = np.zeros((3, 5)), np.ones((3, 5))
+    assert study.probability_of_improvement(high, low) == 1.0
+    assert study.probability_of_improvement(low, high) == 0.0
+    assert study.probability_of_improvement(low, low) == 0.5
+    method = np.array([[1.0, 0.0, 0.5, 0.2]])
+    base = np.array([[0.5, 0.5, 0.5, 0.5]])
+    assert study.win_rate(method, base) == pytest.approx((1 + 0 + 0.5 + 0) / 4)
+
+
+def test_bootstrap_interval_covers_the_value_and_narrows_with_data():
+    rng = np.random.default_rng(0)
+    small, large = rng.normal(0.5, 0.1, (2, 8)), rng.normal(0.5, 0.1, (4, 64))
+    a, b = study.bootstrap(study.mean_reward, [small]), study.bootstrap(study.mean_reward, [large])
+    for stat in (a, b):
+        assert stat["ci_low"] <= stat["value"] <= stat["ci_high"]
+    assert b["ci_high"] - b["ci_low"] < a["ci_high"] - a["ci_low"]
