@@ -142,6 +142,9 @@ def parse_args(input_args=None):
     group.add_argument("--seed", type=int, default=0,
                        help="Image j of prompt i uses seed + i * images_per_prompt + j, for every model.")
     group.add_argument("--resolution", type=int, default=None, help="Height and width (default: the model's).")
+    group.add_argument("--generation_batch_size", type=int, default=1,
+                       help="Images (or videos) per pipeline call. Each keeps its own seeded generator, so a batch "
+                            "changes its pixels only by float rounding; 1 (the default) is exactly reproducible.")
     group.add_argument("--num_frames", type=int, default=16, help="Video frames.")
     group.add_argument("--fps", type=int, default=8, help="Frame rate of the saved videos and grid.gif.")
     group.add_argument("--overwrite", action="store_true", help="Regenerate everything, even what is on disk.")
@@ -195,7 +198,8 @@ def check_args(args):
         args.task = "video" if args.motion_adapter_name_or_path else "image"
     if args.task == "video" and not args.motion_adapter_name_or_path:
         raise SSPOInputError("--task video needs --motion_adapter_name_or_path (e.g. guoyww/animatediff-motion-adapter-v1-5-2).")
-    for flag in ("images_per_prompt", "num_inference_steps", "num_frames", "fps", "score_batch_size", "fvd_resolution"):
+    for flag in ("images_per_prompt", "num_inference_steps", "num_frames", "fps", "score_batch_size", "fvd_resolution",
+                 "generation_batch_size"):
         if getattr(args, flag) <= 0:
             raise SSPOInputError(f"--{flag} must be positive, got {getattr(args, flag)}.")
     for flag in ("num_prompts", "resolution"):
@@ -562,16 +566,18 @@ def is_complete(path: str, task: str) -> bool:
 
 
 @torch.no_grad()
-def generate_one(pipeline, args, prompt: Prompt, seed: int):
-    """One image (PIL) or video (list of PIL frames). The generator lives on the CPU, so the
-    starting noise of a seed is the same on every device."""
+def generate_batch(pipeline, args, prompts: Sequence[Prompt], seeds: Sequence[int]) -> List:
+    """Images (PIL) or videos (lists of PIL frames), one per (prompt, seed). Each has its own CPU
+    generator, so its starting noise is the same on every device and in any batch."""
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
     kwargs = dict(num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
-                  generator=torch.Generator("cpu").manual_seed(seed))
+                  generator=generators[0] if len(generators) == 1 else generators)
     if args.resolution:
         kwargs.update(height=args.resolution, width=args.resolution)
+    texts = [prompt.text for prompt in prompts]
     if args.task == "video":
-        return pipeline(prompt.text, num_frames=args.num_frames, **kwargs).frames[0]
-    return pipeline(prompt.text, **kwargs).images[0]
+        return list(pipeline(texts, num_frames=args.num_frames, **kwargs).frames)
+    return pipeline(texts, **kwargs).images
 
 
 def save_output(output, path: str, args):
@@ -611,13 +617,16 @@ def generate_all(args, specs: Sequence[ModelSpec], prompts: Sequence[Prompt], de
                 missing = [(row, prompt) for row, prompt, done in plan[spec.name] if not done]
                 if not missing:
                     continue
-                with model_weights(pipeline, spec, base_motion_adapter, dtype):
-                    for row, prompt in tqdm(missing, desc=f"Generating ({spec.name})", unit=args.task):
-                        output = generate_one(pipeline, args, prompt, row["seed"])
-                        save_output(output, os.path.join(args.output_dir, row["path"]), args)
-                        manifest_file.write(json.dumps(row) + "\n")  # appended at once: a killed run resumes here
-                        manifest_file.flush()
-                        manifest[(row["model"], row["prompt_index"], row["image_index"])] = row
+                with model_weights(pipeline, spec, base_motion_adapter, dtype), \
+                        tqdm(total=len(missing), desc=f"Generating ({spec.name})", unit=args.task) as progress:
+                    for chunk in batches(missing, args.generation_batch_size):
+                        outputs = generate_batch(pipeline, args, [p for _, p in chunk], [row["seed"] for row, _ in chunk])
+                        for (row, _), output in zip(chunk, outputs):
+                            save_output(output, os.path.join(args.output_dir, row["path"]), args)
+                            manifest_file.write(json.dumps(row) + "\n")  # appended at once: a killed run resumes here
+                            manifest_file.flush()
+                            manifest[(row["model"], row["prompt_index"], row["image_index"])] = row
+                        progress.update(len(chunk))
         del pipeline, base_motion_adapter
         free_memory()
     rows = [row for spec in specs for row, _, _ in plan[spec.name]]
