@@ -67,6 +67,7 @@ class Run:
     video: bool = False
 
     def flags(self, args) -> List[str]:
+        """The method's flags; every other setting is shared by all runs (train_command)."""
         flags = list(METHOD_FLAGS[self.method])
         if self.method != "sft":
             flags += ["--beta_dpo", str(self.beta)]
@@ -84,7 +85,7 @@ def parse_args(input_args=None):
     parser.add_argument("--motion_adapter", default="models/shapes-motion-adapter")
     parser.add_argument("--video_data", default="data/shapes-chronomagic")
     parser.add_argument("--seeds", type=int, default=3, help="Seeds of the main methods (and of the video part).")
-    parser.add_argument("--max_train_steps", type=int, default=120)
+    parser.add_argument("--max_train_steps", type=int, default=100)
     parser.add_argument("--train_batch_size", type=int, default=8)
     parser.add_argument("--learning_rate", type=float, default=5e-4)
     parser.add_argument("--rank", type=int, default=8)
@@ -94,7 +95,7 @@ def parse_args(input_args=None):
     parser.add_argument("--sampling_sweep", type=int, nargs="+", default=[4, 10, 20])
     parser.add_argument("--guidance_scale", type=float, default=5.0, help="CFG of self-sampling and of evaluation.")
     parser.add_argument("--beta_sweep", type=float, nargs="+", default=[500.0, 2000.0, 8000.0])
-    parser.add_argument("--checkpointing_steps", type=int, default=40, help="Checkpoints give the reward curves.")
+    parser.add_argument("--checkpointing_steps", type=int, default=25, help="Checkpoints give the reward curves.")
     parser.add_argument("--video_steps", type=int, default=40)
     parser.add_argument("--images_per_prompt", type=int, default=2)
     parser.add_argument("--eval_steps", type=int, default=20, help="DDIM steps of evaluation images.")
@@ -170,13 +171,23 @@ def train_all(args, runs: List[Run]):
 # Scoring (evaluate_sspo.py with the ground-truth reward)
 # ---------------------------------------------------------------------------
 
+def version_name(run_name: str, step: int) -> str:
+    """The evaluation's model name of a run's LoRA at a step (a plain folder name)."""
+    return f"{run_name}-step{step}"
+
+
+def parse_version(name: str):
+    run_name, _, step = name.rpartition("-step")
+    return run_name, int(step)
+
+
 def lora_versions(args, run: Run) -> Dict[str, str]:
     """{model name: LoRA folder}: every checkpoint of the run, and its final LoRA."""
     out = run_dir(args, run)
-    versions = {f"{run.name}@{int(p.rsplit('-', 1)[1])}": p for p in glob.glob(os.path.join(out, "checkpoint-*"))}
+    versions = {version_name(run.name, int(p.rsplit("-", 1)[1])): p for p in glob.glob(os.path.join(out, "checkpoint-*"))}
     steps = args.video_steps if run.video else args.max_train_steps
-    versions[f"{run.name}@{steps}"] = out  # the final LoRA (also the last checkpoint's weights)
-    return dict(sorted(versions.items(), key=lambda kv: (kv[0].split("@")[0], int(kv[0].split("@")[1]))))
+    versions[version_name(run.name, steps)] = out  # the final LoRA (also the last checkpoint's weights)
+    return dict(sorted(versions.items(), key=lambda kv: parse_version(kv[0])))
 
 
 def evaluate(args, runs: List[Run], split: str, video: bool = False):
@@ -191,7 +202,8 @@ def evaluate(args, runs: List[Run], split: str, video: bool = False):
                args.base_model, "--prompts", os.path.join(REPO_ROOT, "data", f"shapes-{split}-{kind}-prompts.txt"),
                "--metrics", "shapes_video_reward" if video else "shapes_reward",
                "--images_per_prompt", str(args.images_per_prompt), "--num_inference_steps", str(args.eval_steps),
-               "--guidance_scale", str(args.guidance_scale), "--seed", "0", "--output_dir", out, "--grid_prompts", "0"]
+               "--guidance_scale", str(args.guidance_scale), "--seed", "0", "--output_dir", out, "--grid_prompts", "0",
+               "--generation_batch_size", "64"]
     if video:
         command += ["--task", "video", "--motion_adapter_name_or_path", args.motion_adapter, "--num_frames", "8"]
     if versions:
@@ -274,7 +286,7 @@ def probability_of_improvement(x, y):
 
 
 def final_models(args, runs: List[Run]) -> List[str]:
-    return [f"{run.name}@{args.video_steps if run.video else args.max_train_steps}" for run in runs]
+    return [version_name(run.name, args.video_steps if run.video else args.max_train_steps) for run in runs]
 
 
 # ---------------------------------------------------------------------------

@@ -12,7 +12,8 @@ import numpy as np
 
 from experiments.reward_grid import reward_grid
 from experiments.shapes_alignment import (MAIN_METHODS, METHOD_LABELS, Run, bootstrap, final_models, mean_reward,
-                                          probability_of_improvement, prompt_matrix, read_scores, run_dir, win_rate)
+                                          parse_version, probability_of_improvement, prompt_matrix, read_scores,
+                                          run_dir, version_name, win_rate)
 
 
 def method_of(runs: List[Run], method: str) -> List[Run]:
@@ -32,10 +33,11 @@ def summarize(args, scores, runs: List[Run], base: np.ndarray, reference: np.nda
 
 def curve(args, scores, runs: List[Run], video=False) -> Dict:
     """Mean reward (and CI over seeds and prompts) at every checkpoint step, step 0 being the base."""
-    steps = sorted({int(m.split("@")[1]) for m in scores for run in runs if m.split("@")[0] == run.name})
+    names = {run.name for run in runs}
+    steps = sorted({parse_version(m)[1] for m in scores if m != "base" and parse_version(m)[0] in names})
     points = {0: bootstrap(mean_reward, [prompt_matrix(scores, ["base"])])}
     for step in steps:
-        models = [f"{run.name}@{step}" for run in runs if f"{run.name}@{step}" in scores]
+        models = [version_name(run.name, step) for run in runs if version_name(run.name, step) in scores]
         if len(models) == len(runs):
             points[step] = bootstrap(mean_reward, [prompt_matrix(scores, models)])
     return points
