@@ -100,6 +100,8 @@ def parse_args(input_args=None):
     parser.add_argument("--images_per_prompt", type=int, default=2)
     parser.add_argument("--eval_steps", type=int, default=20, help="DDIM steps of evaluation images.")
     parser.add_argument("--jobs", type=int, default=2, help="Runs at a time, one CPU thread each.")
+    parser.add_argument("--no_curves", action="store_true",
+                        help="Score only each run's final LoRA, not its checkpoints (half the evaluation or less).")
     parser.add_argument("--dry_run", action="store_true")
     parser.add_argument("--report_only", action="store_true")
     return parser.parse_args(input_args)
@@ -184,7 +186,8 @@ def parse_version(name: str):
 def lora_versions(args, run: Run) -> Dict[str, str]:
     """{model name: LoRA folder}: every checkpoint of the run, and its final LoRA."""
     out = run_dir(args, run)
-    versions = {version_name(run.name, int(p.rsplit("-", 1)[1])): p for p in glob.glob(os.path.join(out, "checkpoint-*"))}
+    checkpoints = [] if args.no_curves else glob.glob(os.path.join(out, "checkpoint-*"))
+    versions = {version_name(run.name, int(p.rsplit("-", 1)[1])): p for p in checkpoints}
     steps = args.video_steps if run.video else args.max_train_steps
     versions[version_name(run.name, steps)] = out  # the final LoRA (also the last checkpoint's weights)
     return dict(sorted(versions.items(), key=lambda kv: parse_version(kv[0])))
