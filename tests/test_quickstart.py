@@ -1,5 +1,7 @@
-"""The README's first command (tiny default, end to end), run exactly as written minus the install line."""
+"""The README's quickstarts (the shipped shapes-world models, end to end), run exactly as written minus the
+install line: each must raise the ground-truth reward on held-out captions, with the same seeds."""
 
+import json
 import os
 import re
 import subprocess
@@ -18,28 +20,53 @@ def readme_block(marker):
     return match.group(1)
 
 
-@pytest.mark.slow
-def test_readme_quickstarts_train_the_tiny_defaults(tmp_path):
-    lines = readme_block("quickstart").strip().splitlines()
-    assert "pip install -r requirements.txt" in lines[0]
-    command = "\n".join(lines[1:]) + "\n" + readme_block("quickstart-video")  # the venv already exists here
-    # Run in a scratch folder that looks like the repo, with .venv pointing at this interpreter's venv.
-    for name in ("train_sspo_sd15.py", "train_sspo_animatediff.py", "sspo_utils.py", "sspo_tiny.py"):
-        os.symlink(os.path.join(REPO_ROOT, name), tmp_path / name)
-    os.symlink(sys.prefix, tmp_path / ".venv")
+def run_readme_block(marker, tmp_path, skip_install):
+    """Run a README block in a scratch folder that looks like the repo, with .venv pointing at this
+    interpreter's venv (so the install line, already done here, is skipped)."""
+    lines = readme_block(marker).strip().splitlines()
+    if skip_install:
+        assert "pip install -r requirements.txt" in lines[0]
+        lines = lines[1:]
+    for name in ("train_sspo_sd15.py", "train_sspo_animatediff.py", "sspo_utils.py", "sspo_tiny.py", "shapes_world.py",
+                 "evaluate_sspo.py", "models", "data", "experiments"):
+        if not (tmp_path / name).exists():
+            os.symlink(os.path.join(REPO_ROOT, name), tmp_path / name)
+    if not (tmp_path / ".venv").exists():
+        os.symlink(sys.prefix, tmp_path / ".venv")
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    result = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=tmp_path, env=env,
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join(lines)], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-5000:]
-    image_dir = tmp_path / "sspo-tiny-lora"
-    assert (image_dir / "pytorch_lora_weights.safetensors").is_file()
-    assert (image_dir / "README.md").is_file()
-    assert list((image_dir / "validation").glob("final_lora_*.png"))
-    assert list((image_dir / "validation").glob("final_base_*.png"))
-    video_dir = tmp_path / "sspo-tiny-animatediff"
-    assert (video_dir / "pytorch_lora_weights.safetensors").is_file()
-    assert (video_dir / "image_0.gif").is_file() and "image_0.gif" in (video_dir / "README.md").read_text()
-    assert list((video_dir / "validation").glob("final_trained_*.mp4"))
+    return result
+
+
+def held_out_rewards(report_path, metric):
+    results = json.load(open(report_path))["results"]
+    (trained,) = [name for name in results if name != "base"]
+    return results["base"][metric], results[trained][metric]
+
+
+@pytest.mark.slow
+def test_readme_quickstart_aligns_the_shapes_model(tmp_path):
+    run_readme_block("quickstart", tmp_path, skip_install=True)
+    out = tmp_path / "sspo-shapes-lora"
+    assert (out / "pytorch_lora_weights.safetensors").is_file() and (out / "README.md").is_file()
+    assert list((out / "validation").glob("final_lora_*.png")) and list((out / "validation").glob("final_base_*.png"))
+    base, lora = held_out_rewards(tmp_path / "sspo-shapes-eval" / "report.json", "shapes_reward")
+    # Same prompts (held out of training) and the same seeds for both.
+    assert base["n_items"] == lora["n_items"] > 0
+    assert lora["mean"] > base["mean"], (base, lora)
+
+
+@pytest.mark.slow
+def test_readme_video_quickstart_aligns_the_shapes_motion_model(tmp_path):
+    run_readme_block("quickstart-video", tmp_path, skip_install=False)
+    out = tmp_path / "sspo-shapes-animatediff"
+    assert (out / "pytorch_lora_weights.safetensors").is_file()
+    assert (out / "image_0.gif").is_file() and "image_0.gif" in (out / "README.md").read_text()
+    base, lora = held_out_rewards(tmp_path / "sspo-shapes-video-eval" / "report.json", "shapes_video_reward")
+    assert base["n_items"] == lora["n_items"] > 0
+    assert lora["mean"] > base["mean"], (base, lora)
 
 
 def test_readme_test_command_matches_ci():
