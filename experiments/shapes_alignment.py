@@ -24,9 +24,6 @@ import datetime
 import glob
 import json
 import os
-import platform
-import random
-import shutil
 import subprocess
 import sys
 import time
@@ -164,9 +161,12 @@ def train(args, run: Run):
 def train_all(args, runs: List[Run]):
     pending = [run for run in runs if not is_trained(args, run)]
     print(f"{len(runs) - len(pending)} of {len(runs)} runs already trained; training {len(pending)}.", flush=True)
+    def train_and_report(run):
+        train(args, run)
+        print(f"{'would train' if args.dry_run else 'trained'} {run.name}", flush=True)
+
     with ThreadPoolExecutor(max_workers=1 if args.dry_run else args.jobs) as pool:
-        for run, _ in zip(pending, pool.map(lambda r: (train(args, r), print(f"trained {r.name}", flush=True)), pending)):
-            pass
+        list(pool.map(train_and_report, pending))  # list() re-raises a failed run's error
 
 
 # ---------------------------------------------------------------------------

@@ -5,7 +5,6 @@ image grid, all from the raw outputs under ``<output_dir>/runs`` and ``<output_d
 import glob
 import json
 import os
-import platform
 from typing import Dict, List
 
 import numpy as np
@@ -115,11 +114,10 @@ def plot_ssr(path, fractions: Dict[str, Dict[int, float]]):
 
 
 def machine() -> Dict:
-    import torch
+    """sspo_utils.machine_info, plus how the study used the machine."""
+    from sspo_utils import machine_info
 
-    return {"machine": platform.machine(), "processor": platform.processor() or "unknown", "cpus": os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "threads_per_run": 1, "note": "runs two at a time, one CPU thread each"}
+    return {**machine_info("cpu"), "threads_per_run": 1, "note": "runs two at a time, one CPU thread each"}
 
 
 def table(rows: List[List[str]], header: List[str]) -> str:
@@ -141,8 +139,8 @@ def write_report(args, betas, parts, sweep, seconds):
           f"Training: {args.max_train_steps} optimizer steps, batch {args.train_batch_size}, LoRA rank {args.rank}, "
           f"AdamW at {args.learning_rate:g} (constant), self-sampling {args.self_sample_steps} DDIM steps at CFG "
           f"{args.guidance_scale:g}, snapshots every {args.snapshot_steps} steps, the same for every method. "
-          f"Machine: {results['machine']['cpus']} CPU cores ({results['machine']['machine']}), torch "
-          f"{results['machine']['torch']}, two runs at a time with one thread each.", ""]
+          f"Machine: {results['machine']['cpu_model']} ({results['machine']['cpu_count']} cores), torch {results['machine']['torch']}, two runs "
+          "at a time with one thread each.", ""]
     md += ["## β, chosen on the training captions", "",
            table([[m.upper(), f"{betas[m]['beta']:g}", ", ".join(f"β={b:g}: {r:.3f}" for b, r in
                                                             sorted(betas[m]["train_reward_by_beta"].items()))]
