@@ -10,6 +10,7 @@ batch and number of optimizer steps.
     python experiments/shapes_alignment.py --output_dir experiments/results/2026-11-28
     python experiments/shapes_alignment.py --output_dir ... --dry_run     # print the commands
     python experiments/shapes_alignment.py --output_dir ... --report_only # rebuild the report
+    python experiments/shapes_alignment.py --output_dir /tmp/quick --quick  # every part, a few steps (CI)
 
 Parts (``--parts``): beta (the β sweep that picks DPO's and SSPO's β on the training captions),
 main (base, SFT, DPO, SSPO, SPIN-like; ``--seeds`` seeds), ablations (reference initial, SSR off,
@@ -99,9 +100,23 @@ def parse_args(input_args=None):
     parser.add_argument("--jobs", type=int, default=2, help="Runs at a time, one CPU thread each.")
     parser.add_argument("--no_curves", action="store_true",
                         help="Score only each run's final LoRA, not its checkpoints (half the evaluation or less).")
+    parser.add_argument("--num_prompts", type=int, default=None, help="Score only the first N prompts of each file.")
+    parser.add_argument("--ssr_winners", type=int, default=48, help="Training winners per checkpoint in the SSR test.")
+    parser.add_argument("--quick", action="store_true",
+                        help="Every part and method for a few steps, one seed, 2 prompts: checks that the study runs "
+                             "and writes its report; its numbers mean nothing.")
     parser.add_argument("--dry_run", action="store_true")
     parser.add_argument("--report_only", action="store_true")
-    return parser.parse_args(input_args)
+    args = parser.parse_args(input_args)
+    if args.quick:
+        vars(args).update(QUICK_SETTINGS)
+    return args
+
+
+# --quick: the smallest study that still exercises every launch, resume, scoring and report path.
+QUICK_SETTINGS = dict(seeds=1, max_train_steps=4, video_steps=2, train_batch_size=2, checkpointing_steps=2,
+                      snapshot_steps=2, snapshot_sweep=[1, 2, 4], self_sample_steps=2, sampling_sweep=[1, 2, 3],
+                      beta_sweep=[500.0, 2000.0], images_per_prompt=1, eval_steps=2, num_prompts=2, ssr_winners=2)
 
 
 # ---------------------------------------------------------------------------
@@ -207,6 +222,8 @@ def evaluate(args, runs: List[Run], split: str, video: bool = False):
                "--images_per_prompt", str(args.images_per_prompt), "--num_inference_steps", str(args.eval_steps),
                "--guidance_scale", str(args.guidance_scale), "--seed", "0", "--output_dir", out, "--grid_prompts", "0",
                "--generation_batch_size", "64"]
+    if args.num_prompts:
+        command += ["--num_prompts", str(args.num_prompts)]
     if video:
         command += ["--task", "video", "--motion_adapter_name_or_path", args.motion_adapter, "--num_frames", "8"]
     if versions:
@@ -378,7 +395,7 @@ def main(args):
         from experiments.ssr_agreement import measure_ssr_agreement
 
         sspo_runs = [run for run in parts.get("main", []) if run.method == "sspo"]
-        measure_ssr_agreement(args, sspo_runs, os.path.join(args.output_dir, "ssr_agreement.json"))
+        measure_ssr_agreement(args, sspo_runs, os.path.join(args.output_dir, "ssr_agreement.json"), args.ssr_winners)
     from experiments.study_report import write_report
 
     write_report(args, betas, parts, sweep, time.time() - started)

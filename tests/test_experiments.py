@@ -60,3 +60,37 @@ def test_bootstrap_interval_covers_the_value_and_narrows_with_data():
     for stat in (a, b):
         assert stat["ci_low"] <= stat["value"] <= stat["ci_high"]
     assert b["ci_high"] - b["ci_low"] < a["ci_high"] - a["ci_low"]
+
+
+def test_quick_shrinks_every_part_but_keeps_them_all(tmp_path):
+    args = study.parse_args(["--output_dir", str(tmp_path), "--quick"])
+    assert args.seeds == 1 and args.max_train_steps < 10 and args.num_prompts == 2
+    parts = study.study_runs(args, {"dpo": {"beta": 500.0}, "sspo": {"beta": 2000.0}})
+    assert set(parts) == {"main", "ablations", "snapshots", "sampling", "video"}
+    methods = {run.method for runs in parts.values() for run in runs}
+    assert methods == set(study.METHOD_FLAGS)
+    # the sweeps still differ from the default run, so each adds runs of its own
+    assert len({run.name for run in parts["snapshots"]}) == 3 and len({run.name for run in parts["sampling"]}) == 3
+
+
+@pytest.mark.slow
+def test_quick_study_runs_end_to_end_and_writes_its_report(tmp_path):
+    """What CI runs: every part for a few steps, then the report. It checks that the study runs and
+    writes every output, not what the numbers say."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "quick"
+    result = subprocess.run([sys.executable, os.path.join(study.REPO_ROOT, "experiments", "shapes_alignment.py"),
+                             "--quick", "--output_dir", str(out)], cwd=study.REPO_ROOT, capture_output=True, text=True,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert {"heldout", "train", "ssr_agreement", "beta_choice"} <= set(results)
+    report = (out / "report.md").read_text()
+    for heading in ("Main comparison", "Ablations", "Snapshot", "Self-sampling", "Video", "SSR"):
+        assert heading.lower() in report.lower(), heading
+    assert (out / "grid_heldout.png").stat().st_size > 0
+    assert sorted(p.name for p in out.glob("*.png"))
