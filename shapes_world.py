@@ -446,13 +446,23 @@ def _log(message):
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def _denoising_step(unet, noise_scheduler, clean, text_embeddings, optimizer, parameters, generator):
+def _denoising_step(unet, noise_scheduler, clean, text_embeddings, optimizer, parameters, generator,
+                    snr_gamma: Optional[float] = None):
     """One step of SD's pretraining objective: noise x_0 to x_t at a uniform t, predict epsilon.
-    ``text_embeddings`` is called after the draws, so that its cost never shifts them."""
+    ``text_embeddings`` is called after the draws, so that its cost never shifts them. With
+    ``snr_gamma``, each sample's loss is weighted by min(SNR(t), gamma) / SNR(t) (Min-SNR, Hang et al. 2023)."""
+    from diffusers.training_utils import compute_snr
+
     noise = torch.randn(clean.shape, generator=generator)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (clean.shape[0],), generator=generator)
     noisy = noise_scheduler.add_noise(clean, noise, timesteps)
-    loss = torch.nn.functional.mse_loss(unet(noisy, timesteps, text_embeddings()).sample, noise)
+    prediction = unet(noisy, timesteps, text_embeddings()).sample
+    if snr_gamma is None:  # the shipped weights' exact arithmetic
+        loss = torch.nn.functional.mse_loss(prediction, noise)
+    else:
+        snr = compute_snr(noise_scheduler, timesteps)
+        weights = torch.clamp(snr, max=snr_gamma) / snr
+        loss = ((prediction - noise).pow(2).flatten(1).mean(1) * weights).mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -463,14 +473,19 @@ def _denoising_step(unet, noise_scheduler, clean, text_embeddings, optimizer, pa
 def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, unet_steps: int = 1300,
                          num_renders: int = 20000, mismatch_rate: float = 0.1, caption_dropout: float = 0.1,
                          batch_size: int = 64, vae_batch_size: int = 16, vae_lr: float = 2e-3,
-                         save_every: int = 250) -> Dict:
+                         save_every: int = 250, ema_decay: Optional[float] = None,
+                         snr_gamma: Optional[float] = None) -> Dict:
     """Pretrain the shapes-world StableDiffusionPipeline from scratch and save it to ``output_dir``.
 
     Phase 1 trains the VAE on renders (MSE + 1e-6 KL, batch ``vae_batch_size``) and sets ``scaling_factor`` to 1/std of the
     latents. Phase 2 trains the UNet and the text encoder together on epsilon prediction, on
     "web-like" captions: ``mismatch_rate`` of them misdescribe their image by one attribute, and
     ``caption_dropout`` are empty so that classifier-free guidance works. Held-out combinations are
-    never rendered. Deterministic for a seed and thread count; resumes from ``.pretrain_state.pt``."""
+    never rendered. ``ema_decay`` saves an exponential moving average of the UNet and text encoder
+    instead of their last weights; ``snr_gamma`` weights the loss by Min-SNR. Both off reproduce the
+    shipped weights. Deterministic for a seed and thread count; resumes from ``.pretrain_state.pt``."""
+    from diffusers.training_utils import EMAModel
+
     from diffusers import DDPMScheduler, StableDiffusionPipeline
 
     os.makedirs(output_dir, exist_ok=True)
@@ -532,11 +547,14 @@ def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, u
     noise_scheduler = DDPMScheduler.from_config(components["scheduler"].config)
     parameters = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=1e-3, weight_decay=1e-4)
+    ema = EMAModel(parameters, decay=ema_decay, use_ema_warmup=True) if ema_decay else None
     start = 0
     if state is not None and "unet" in state:
         unet.load_state_dict(state["unet"])
         text_encoder.load_state_dict(state["text_encoder"])
         optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         generator.set_state(state["generator"])
         start = state["unet_step"]
     began = time.perf_counter() - timings.get("unet_s", 0.0)
@@ -549,21 +567,26 @@ def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, u
         ids = input_ids[index].clone()
         ids[torch.rand(batch_size, generator=generator) < caption_dropout] = empty_ids[0]
         loss = _denoising_step(unet, noise_scheduler, latents[index], lambda: text_encoder(ids)[0], optimizer,
-                               parameters, generator)
+                               parameters, generator, snr_gamma)
+        if ema is not None:
+            ema.step(parameters)
         if (step + 1) % 50 == 0:
             _log(f"unet step {step + 1}/{unet_steps} loss {loss.item():.4f}")
         if (step + 1) % save_every == 0 or step + 1 == unet_steps:
             timings["unet_s"] = time.perf_counter() - began
             _save_state(state_path, vae=vae.state_dict(), vae_optimizer=vae_optimizer.state_dict(), vae_step=vae_steps,
                         unet=unet.state_dict(), text_encoder=text_encoder.state_dict(), optimizer=optimizer.state_dict(),
-                        generator=generator.get_state(), unet_step=step + 1, timings=timings)
+                        generator=generator.get_state(), unet_step=step + 1, timings=timings,
+                        **({"ema": ema.state_dict()} if ema is not None else {}))
+    if ema is not None:
+        ema.copy_to(parameters)
     pipeline = StableDiffusionPipeline(**{**components, "unet": unet.eval(), "text_encoder": text_encoder.eval()},
                                        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipeline.save_pretrained(output_dir)
     info = {"seed": seed, "vae_steps": vae_steps, "unet_steps": unet_steps, "num_renders": num_renders,
             "mismatch_rate": mismatch_rate, "caption_dropout": caption_dropout, "batch_size": batch_size,
             "vae_batch_size": vae_batch_size, "vae_lr": vae_lr, "vae_reconstruction_mse": reconstruction_mse, "scaling_factor": scaling_factor,
-            "vae_seconds": round(timings.get("vae_s", 0.0), 1), "unet_seconds": round(timings.get("unet_s", 0.0), 1),
+            "ema_decay": ema_decay, "snr_gamma": snr_gamma, "vae_seconds": round(timings.get("vae_s", 0.0), 1), "unet_seconds": round(timings.get("unet_s", 0.0), 1),
             "torch": torch.__version__, "threads": torch.get_num_threads()}
     with open(os.path.join(output_dir, "pretraining.json"), "w") as f:
         json.dump(info, f, indent=2)
@@ -829,6 +852,8 @@ def parse_args(input_args=None):
     pretrain.add_argument("--vae_steps", type=int, default=800)
     pretrain.add_argument("--unet_steps", type=int, default=1300)
     pretrain.add_argument("--num_renders", type=int, default=20000)
+    pretrain.add_argument("--ema_decay", type=float, default=None, help="Save an EMA of the weights (e.g. 0.999).")
+    pretrain.add_argument("--snr_gamma", type=float, default=None, help="Min-SNR loss weighting (e.g. 5).")
     video = commands.add_parser("pretrain_video", help="Pretrain a MotionAdapter for the image model's UNet.")
     video.add_argument("--model", default="models/shapes-sd15")
     video.add_argument("--output_dir", default="models/shapes-motion-adapter")
@@ -872,7 +897,7 @@ def main(args):
         torch.set_num_threads(args.threads)
     if args.command == "pretrain":
         result = pretrain_image_model(args.output_dir, args.seed, args.vae_steps, args.unet_steps, args.num_renders,
-                                      args.mismatch_rate)
+                                      args.mismatch_rate, ema_decay=args.ema_decay, snr_gamma=args.snr_gamma)
     elif args.command == "pretrain_video":
         result = pretrain_motion_adapter(args.model, args.output_dir, args.seed, args.steps, args.num_clips,
                                          args.num_frames, mismatch_rate=args.mismatch_rate)

@@ -186,3 +186,53 @@ def test_video_preferences_write_chronomagic_winners_and_keep_losers(random_shap
         assert row["name"] not in held and row["is_transmit"] == "1"
         assert (out / "videos" / f"{row['videoid']}.mp4").is_file()
         assert (out / "losers" / f"{row['videoid']}.mp4").is_file()
+
+
+# --- pretraining ---------------------------------------------------------------------------------
+
+def _tiny_pretraining(path, **kwargs):
+    return sw.pretrain_image_model(str(path), seed=0, vae_steps=3, unet_steps=4, num_renders=32, batch_size=4,
+                                   vae_batch_size=4, save_every=2, **kwargs)
+
+
+def _unet_state(path):
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(path, "unet", "diffusion_pytorch_model.safetensors"))
+
+
+@pytest.mark.parametrize("options", [{}, {"ema_decay": 0.9, "snr_gamma": 5.0}], ids=["shipped-recipe", "ema-minsnr"])
+def test_pretraining_is_deterministic_and_a_stopped_run_resumes_to_the_same_weights(tmp_path, monkeypatch, options):
+    import torch
+
+    torch.set_num_threads(1)
+    _tiny_pretraining(tmp_path / "whole", **options)
+    saves = []
+    real_save = sw._save_state
+
+    def save_then_stop(path, **state):
+        real_save(path, **state)
+        saves.append(state.get("unet_step"))
+        if state.get("unet_step") == 2:
+            raise KeyboardInterrupt("stopped mid-pretraining")
+
+    monkeypatch.setattr(sw, "_save_state", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_pretraining(tmp_path / "stopped", **options)
+    assert os.path.isfile(tmp_path / "stopped" / ".pretrain_state.pt")
+    monkeypatch.setattr(sw, "_save_state", real_save)
+    info = _tiny_pretraining(tmp_path / "stopped", **options)
+    assert not os.path.exists(tmp_path / "stopped" / ".pretrain_state.pt")
+    whole, resumed = _unet_state(tmp_path / "whole"), _unet_state(tmp_path / "stopped")
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert info["ema_decay"] == options.get("ema_decay") and info["snr_gamma"] == options.get("snr_gamma")
+
+
+def test_ema_and_min_snr_change_the_weights(tmp_path):
+    import torch
+
+    torch.set_num_threads(1)
+    _tiny_pretraining(tmp_path / "plain")
+    _tiny_pretraining(tmp_path / "ema", ema_decay=0.9)
+    plain, ema = _unet_state(tmp_path / "plain"), _unet_state(tmp_path / "ema")
+    assert any(not torch.equal(plain[k], ema[k]) for k in plain)
