@@ -115,7 +115,7 @@ def parse_args(input_args=None):
 
 # --quick: the smallest study that still exercises every launch, resume, scoring and report path.
 QUICK_SETTINGS = dict(seeds=1, max_train_steps=4, video_steps=2, train_batch_size=2, checkpointing_steps=2,
-                      snapshot_steps=2, snapshot_sweep=[1, 2, 4], self_sample_steps=2, sampling_sweep=[1, 2, 3],
+                      snapshot_steps=2, snapshot_sweep=[1, 2], self_sample_steps=2, sampling_sweep=[1, 2],
                       beta_sweep=[500.0, 2000.0], images_per_prompt=1, eval_steps=2, num_prompts=2, ssr_winners=2)
 
 

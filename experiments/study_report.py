@@ -100,7 +100,9 @@ def plot_ssr(path, fractions: Dict[str, Dict[int, float]]):
     figure, axis = plt.subplots(figsize=(6.4, 3.6), dpi=110)
     for label, values in fractions.items():
         steps = sorted(values)
-        window = 10  # moving average: each step's fraction is over one batch
+        window = min(10, len(steps))  # moving average: each step's fraction is over one batch
+        if not window:
+            continue
         smooth = np.convolve([values[s] for s in steps], np.ones(window) / window, mode="valid")
         axis.plot(steps[window - 1:], smooth, label=label)
     axis.set_xlabel("optimizer step")
@@ -141,6 +143,9 @@ def write_report(args, betas, parts, sweep, seconds):
           f"{args.guidance_scale:g}, snapshots every {args.snapshot_steps} steps, the same for every method. "
           f"Machine: {results['machine']['cpu_model']} ({results['machine']['cpu_count']} cores), torch {results['machine']['torch']}, two runs "
           "at a time with one thread each.", ""]
+    if getattr(args, "quick", False):
+        md[1:1] = ["", "**A `--quick` run: a few steps of every part, to check that the study runs. Its numbers mean "
+                       "nothing.**"]
     md += ["## β, chosen on the training captions", "",
            table([[m.upper(), f"{betas[m]['beta']:g}", ", ".join(f"β={b:g}: {r:.3f}" for b, r in
                                                             sorted(betas[m]["train_reward_by_beta"].items()))]
