@@ -291,6 +291,11 @@ def mean_reward(matrix):
     return matrix.mean()
 
 
+def mean_difference(method, base):
+    """Paired gain over the base: prompts are resampled together, so prompt difficulty cancels."""
+    return method.mean() - base.mean()
+
+
 def win_rate(method, base):
     """Paired win rate against the base: per prompt and seed, the same sampling seeds; ties 0.5."""
     base_row = base[0]

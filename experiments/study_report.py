@@ -10,8 +10,8 @@ from typing import Dict, List
 import numpy as np
 
 from experiments.reward_grid import reward_grid
-from experiments.shapes_alignment import (MAIN_METHODS, METHOD_LABELS, Run, bootstrap, final_models, mean_reward,
-                                          parse_version, probability_of_improvement, prompt_matrix, read_scores,
+from experiments.shapes_alignment import (MAIN_METHODS, METHOD_LABELS, Run, bootstrap, final_models, mean_difference,
+                                          mean_reward, parse_version, probability_of_improvement, prompt_matrix, read_scores,
                                           run_dir, version_name, win_rate)
 
 
@@ -24,21 +24,25 @@ def summarize(args, scores, runs: List[Run], base: np.ndarray, reference: np.nda
     final models of ``runs`` (one method, any number of seeds); P(reference > method) if given."""
     matrix = prompt_matrix(scores, final_models(args, runs))
     entry = {"seeds": [run.seed for run in runs], "mean": bootstrap(mean_reward, [matrix]),
+             "gain_vs_base": bootstrap(mean_difference, [matrix, base]),
              "win_rate_vs_base": bootstrap(win_rate, [matrix, base])}
     if reference is not None:
         entry["p_sspo_better"] = bootstrap(probability_of_improvement, [reference, matrix])
     return entry
 
 
-def curve(args, scores, runs: List[Run], video=False) -> Dict:
-    """Mean reward (and CI over seeds and prompts) at every checkpoint step, step 0 being the base."""
+def curve(args, scores, runs: List[Run], paired: bool = False) -> Dict:
+    """Mean reward (and CI over seeds and prompts) at every checkpoint step, step 0 being the base;
+    with ``paired``, the gain over the base on the same prompts and seeds instead."""
     names = {run.name for run in runs}
     steps = sorted({parse_version(m)[1] for m in scores if m != "base" and parse_version(m)[0] in names})
-    points = {0: bootstrap(mean_reward, [prompt_matrix(scores, ["base"])])}
+    base = prompt_matrix(scores, ["base"])
+    statistic = (lambda m: bootstrap(mean_difference, [m, base])) if paired else (lambda m: bootstrap(mean_reward, [m]))
+    points = {0: statistic(base)}
     for step in steps:
         models = [version_name(run.name, step) for run in runs if version_name(run.name, step) in scores]
         if len(models) == len(runs):
-            points[step] = bootstrap(mean_reward, [prompt_matrix(scores, models)])
+            points[step] = statistic(prompt_matrix(scores, models))
     return points
 
 
@@ -69,7 +73,7 @@ def fmt(stat: Dict, digits=3) -> str:
     return f"{stat['value']:.{digits}f} [{stat['ci_low']:.{digits}f}, {stat['ci_high']:.{digits}f}]"
 
 
-def plot_curves(path, title, xlabel, series: Dict[str, Dict], x_of=None):
+def plot_curves(path, title, xlabel, series: Dict[str, Dict], x_of=None, ylabel="ground-truth reward"):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,7 +86,7 @@ def plot_curves(path, title, xlabel, series: Dict[str, Dict], x_of=None):
         axis.plot(xs, [points[s]["value"] for s in steps], marker="o", label=label)
         axis.fill_between(xs, [points[s]["ci_low"] for s in steps], [points[s]["ci_high"] for s in steps], alpha=0.15)
     axis.set_xlabel(xlabel)
-    axis.set_ylabel("ground-truth reward")
+    axis.set_ylabel(ylabel)
     axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
@@ -122,6 +126,10 @@ def machine() -> Dict:
     return {**machine_info("cpu"), "threads_per_run": 1, "note": "runs two at a time, one CPU thread each"}
 
 
+def signed(stat) -> str:
+    return f"{stat['value']:+.3f} [{stat['ci_low']:+.3f}, {stat['ci_high']:+.3f}]"
+
+
 def table(rows: List[List[str]], header: List[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
@@ -158,18 +166,19 @@ def write_report(args, betas, parts, sweep, seconds):
         results[split] = {"base": {"mean": bootstrap(mean_reward, [base])}}
         main = parts.get("main", [])
         sspo = prompt_matrix(scores, final_models(args, method_of(main, "sspo"))) if main else None
-        rows = [[METHOD_LABELS["base"], "-", fmt(results[split]["base"]["mean"]), "-", "-"]]
+        rows = [[METHOD_LABELS["base"], "-", fmt(results[split]["base"]["mean"]), "-", "-", "-"]]
         for method in MAIN_METHODS:
             runs = method_of(main, method)
             if not runs:
                 continue
             entry = summarize(args, scores, runs, base, sspo if method != "sspo" else None)
             results[split][method] = entry
-            rows.append([METHOD_LABELS[method], str(len(runs)), fmt(entry["mean"]), fmt(entry["win_rate_vs_base"], 2),
+            rows.append([METHOD_LABELS[method], str(len(runs)), fmt(entry["mean"]), signed(entry["gain_vs_base"]),
+                         fmt(entry["win_rate_vs_base"], 2),
                          fmt(entry["p_sspo_better"], 2) if "p_sspo_better" in entry else "-"])
         title = "held-out captions (never in any training set)" if split == "heldout" else "training captions"
         md += [f"## Main comparison, {title}", "",
-               table(rows, ["method", "seeds", "reward", "win rate vs base", "P(SSPO better)"]), ""]
+               table(rows, ["method", "seeds", "reward", "gain vs base (paired)", "win rate vs base", "P(SSPO better)"]), ""]
         for part, label in (("ablations", "SSPO ablations (seed 0)"), ("snapshots", "Snapshot frequency (SSPO, seed 0)"),
                             ("sampling", "Self-sampling steps (SSPO, seed 0)")):
             if not parts.get(part):
@@ -181,8 +190,10 @@ def write_report(args, betas, parts, sweep, seconds):
                 setting = {"ablations": METHOD_LABELS.get(run.method, run.method),
                            "snapshots": f"--snapshot_steps {run.snapshot_steps}",
                            "sampling": f"--self_sample_steps {run.self_sample_steps}"}[part]
-                part_rows.append([setting, fmt(entry["mean"]), fmt(entry["win_rate_vs_base"], 2)])
-            md += [f"### {label}, {title}", "", table(part_rows, ["setting", "reward", "win rate vs base"]), ""]
+                part_rows.append([setting, fmt(entry["mean"]), signed(entry["gain_vs_base"]),
+                                  fmt(entry["win_rate_vs_base"], 2)])
+            md += [f"### {label}, {title}", "",
+                   table(part_rows, ["setting", "reward", "gain vs base (paired)", "win rate vs base"]), ""]
         beta_rows = []
         for run in sweep:
             entry = summarize(args, scores, [run], base)
@@ -193,6 +204,11 @@ def write_report(args, betas, parts, sweep, seconds):
             series = {METHOD_LABELS[m]: curve(args, scores, method_of(main, m)) for m in MAIN_METHODS if method_of(main, m)}
             results[split]["curves"] = {k: {str(s): v for s, v in c.items()} for k, c in series.items()}
             plot_curves(os.path.join(out, f"reward_vs_step_{split}.png"), f"Reward vs step, {title}", "optimizer step", series)
+            gains = {METHOD_LABELS[m]: curve(args, scores, method_of(main, m), paired=True)
+                     for m in MAIN_METHODS if method_of(main, m)}
+            results[split]["gain_curves"] = {k: {str(s): v for s, v in c.items()} for k, c in gains.items()}
+            plot_curves(os.path.join(out, f"gain_vs_step_{split}.png"), "Gain over the base vs step, " + ("held-out captions" if split == "heldout" else "training captions"),
+                        "optimizer step", gains, ylabel="reward − base reward (paired)")
             if split == "heldout":
                 wall = {METHOD_LABELS[m]: {0: 0.0, **checkpoint_seconds(args, method_of(main, m))}
                         for m in MAIN_METHODS if method_of(main, m)}
@@ -203,7 +219,10 @@ def write_report(args, betas, parts, sweep, seconds):
                                             for m in MAIN_METHODS if method_of(main, m)}}
                 reward_grid(os.path.join(out, "eval", "heldout-image"), grids, os.path.join(out, "grid_heldout.png"),
                             num_prompts=6)
-    md += ["## Curves", "", "![reward vs step, held-out](reward_vs_step_heldout.png)", "",
+    md += ["## Curves", "", "The gain over the base is paired (same prompts and sampling seeds), so its interval leaves "
+           "out how hard each prompt is; the plain reward's interval does not.", "",
+           "![gain vs step, held-out](gain_vs_step_heldout.png)", "", "![gain vs step, training captions](gain_vs_step_train.png)", "",
+           "![reward vs step, held-out](reward_vs_step_heldout.png)", "",
            "![reward vs step, training captions](reward_vs_step_train.png)", "",
            "![reward vs wall-clock](reward_vs_wallclock_heldout.png)", ""]
 
@@ -232,11 +251,12 @@ def write_report(args, betas, parts, sweep, seconds):
             for method in ("sft", "sspo"):
                 entry = summarize(args, scores, method_of(parts["video"], method), base)
                 results[f"video_{split}"][method] = entry
-                row += [fmt(entry["mean"]), fmt(entry["win_rate_vs_base"], 2)]
+                row += [fmt(entry["mean"]), signed(entry["gain_vs_base"]), fmt(entry["win_rate_vs_base"], 2)]
             rows.append(row)
         md += ["## Video (AnimateDiff, moving shapes)", "",
                f"{args.video_steps} optimizer steps, {args.seeds} seeds, 8 frames at 32 px.", "",
-               table(rows, ["captions", "base", "SFT", "SFT win rate", "SSPO", "SSPO win rate"]), ""]
+               table(rows, ["captions", "base", "SFT", "SFT gain (paired)", "SFT win rate", "SSPO", "SSPO gain (paired)",
+                            "SSPO win rate"]), ""]
     if grids:
         md += ["## Grid (held-out captions, the same seeds; reward under each image)", "", "![grid](grid_heldout.png)", ""]
     with open(os.path.join(out, "results.json"), "w") as f:
