@@ -82,6 +82,7 @@ def agreement_at_checkpoint(checkpoint: str, components, winners, args, seed: in
         policy_image = sampler(generator=torch.Generator().manual_seed(sample_seed), **kwargs).images[0]
         records.append({"caption": caption, "reference_step": pool.steps[index],
                         "ssr_sft": bool(info["ssr_indicator"][0] <= 0),
+                        "reward_winner": shapes_world.reward(image, caption),
                         "reward_reference": shapes_world.reward(reference_image, caption),
                         "reward_policy": shapes_world.reward(policy_image, caption)})
     return records
@@ -99,8 +100,11 @@ def summarize(records: List[Dict], seed: int = 0) -> Dict:
         means = values[rng.integers(0, len(values), (2000, len(values)))].mean(1)
         return {"value": float(values.mean()), "ci_low": float(np.quantile(means, 0.025)),
                 "ci_high": float(np.quantile(means, 0.975))}
+    # "Does the self-sample already win?": x^s (the reference's sample) against the dataset's x^w.
+    beats = np.array([r["reward_reference"] > r["reward_winner"] for r in records if "reward_winner" in r], dtype=float)
     return {"n": len(records), "ssr_sft_share": float(sft.mean()),
             "reference_sample_better_share": float((diff > 0).mean()),
+            "self_sample_beats_winner": ci(beats) if len(beats) else None,
             "agreement": ci(agree(sft)), "always_dpo_agreement": ci(agree(np.zeros_like(sft))),
             "always_sft_agreement": ci(agree(np.ones_like(sft))),
             "agreement_when_sft": ci(agree(sft)[sft]) if sft.any() else None,
@@ -150,6 +154,9 @@ def measure_ssr_agreement(args, runs, output_path: str, winners_per_checkpoint: 
         lines.append(f"| SSR, when it chose SFT | {fmt(o['agreement_when_sft'])} |")
     if o["agreement_when_dpo"]:
         lines.append(f"| SSR, when it chose DPO | {fmt(o['agreement_when_dpo'])} |")
+    if o["self_sample_beats_winner"]:
+        lines += ["", f"The self-sample x^s (the reference's sample) had a higher true reward than the dataset's winner "
+                      f"x^w in {fmt(o['self_sample_beats_winner'])} of the cases."]
     done["summary_markdown"] = "\n".join(lines)
     with open(output_path, "w") as f:
         json.dump(done, f, indent=2)
