@@ -114,9 +114,11 @@ def parse_args(input_args=None):
 
 
 # --quick: the smallest study that still exercises every launch, resume, scoring and report path.
+# The sweeps hold only the default value (they reuse the main SSPO run) and β is not swept, because
+# every extra run costs a process start of about 15 s and the whole of --quick must fit in 3 minutes.
 QUICK_SETTINGS = dict(seeds=1, max_train_steps=4, video_steps=2, train_batch_size=2, checkpointing_steps=2,
-                      snapshot_steps=2, snapshot_sweep=[1, 2], self_sample_steps=2, sampling_sweep=[1, 2],
-                      beta_sweep=[500.0, 2000.0], images_per_prompt=1, eval_steps=2, num_prompts=2, ssr_winners=2)
+                      snapshot_steps=2, snapshot_sweep=[2], self_sample_steps=2, sampling_sweep=[2],
+                      beta_sweep=[2000.0], images_per_prompt=1, eval_steps=2, num_prompts=2, ssr_winners=2)
 
 
 # ---------------------------------------------------------------------------
@@ -375,11 +377,13 @@ def main(args):
     os.makedirs(args.output_dir, exist_ok=True)
     started = time.time()
     sweep = beta_runs(args)
-    if not args.report_only:
+    single_beta = len(args.beta_sweep) == 1  # nothing to choose: the sweep's runs join the main ones
+    if not args.report_only and not single_beta:
         train_all(args, sweep)
         evaluate(args, sweep, "train")
-    if args.dry_run:
-        betas = {m: {"beta": args.beta_sweep[1]} for m in ("dpo", "sspo")}
+    if args.dry_run or single_beta:
+        betas = {m: {"beta": args.beta_sweep[len(args.beta_sweep) // 2], "train_reward_by_beta": {}}
+                 for m in ("dpo", "sspo")}
     else:
         betas = choose_betas(args, sweep)
         with open(os.path.join(args.output_dir, "beta_choice.json"), "w") as f:
