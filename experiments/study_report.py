@@ -217,8 +217,11 @@ def write_report(args, betas, parts, sweep, seconds):
                             "seconds of training (one CPU thread)", series, x_of=wall)
                 grids = {"base": "base", **{METHOD_LABELS[m]: final_models(args, method_of(main, m))[0]
                                             for m in MAIN_METHODS if method_of(main, m)}}
-                reward_grid(os.path.join(out, "eval", "heldout-image"), grids, os.path.join(out, "grid_heldout.png"),
-                            num_prompts=6)
+                if os.path.isfile(os.path.join(out, "eval", "heldout-image", "base", "00000_00.png")):
+                    reward_grid(os.path.join(out, "eval", "heldout-image"), grids, os.path.join(out, "grid_heldout.png"),
+                                num_prompts=6)
+                else:  # a clean clone: evaluation images are not committed, the grid PNG is
+                    print("evaluation images not found: grid_heldout.png left as it is", flush=True)
     md += ["## Curves", "", "The gain over the base is paired (same prompts and sampling seeds), so its interval leaves "
            "out how hard each prompt is; the plain reward's interval does not.", "",
            "![gain vs step, held-out](gain_vs_step_heldout.png)", "", "![gain vs step, training captions](gain_vs_step_train.png)", "",
@@ -229,6 +232,11 @@ def write_report(args, betas, parts, sweep, seconds):
     sspo_main = method_of(parts.get("main", []), "sspo")
     if sspo_main:
         fractions = {run.name: logged_scalar(args, run, "ssr_sft_fraction") for run in sspo_main}
+        previous = os.path.join(out, "results.json")
+        if not any(fractions.values()) and os.path.isfile(previous):  # a clean clone: TensorBoard logs are not committed
+            with open(previous) as f:
+                logged = json.load(f).get("ssr_sft_fraction", {})
+            fractions = {name: {int(step): v for step, v in logged.get(name, {}).items()} for name in fractions}
         results["ssr_sft_fraction"] = {name: {str(s): v for s, v in values.items()} for name, values in fractions.items()}
         plot_ssr(os.path.join(out, "ssr_sft_fraction.png"), fractions)
         means = [np.mean(list(v.values())) for v in fractions.values() if v]
