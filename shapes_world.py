@@ -446,13 +446,11 @@ def _log(message):
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def _denoising_step(unet, noise_scheduler, clean, text_embeddings, optimizer, parameters, generator,
+def denoising_step(unet, noise_scheduler, clean, text_embeddings, optimizer, parameters, generator,
                     snr_gamma: Optional[float] = None):
     """One step of SD's pretraining objective: noise x_0 to x_t at a uniform t, predict epsilon.
     ``text_embeddings`` is called after the draws, so that its cost never shifts them. With
     ``snr_gamma``, each sample's loss is weighted by min(SNR(t), gamma) / SNR(t) (Min-SNR, Hang et al. 2023)."""
-    from diffusers.training_utils import compute_snr
-
     noise = torch.randn(clean.shape, generator=generator)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (clean.shape[0],), generator=generator)
     noisy = noise_scheduler.add_noise(clean, noise, timesteps)
@@ -460,6 +458,8 @@ def _denoising_step(unet, noise_scheduler, clean, text_embeddings, optimizer, pa
     if snr_gamma is None:  # the shipped weights' exact arithmetic
         loss = torch.nn.functional.mse_loss(prediction, noise)
     else:
+        from diffusers.training_utils import compute_snr
+
         snr = compute_snr(noise_scheduler, timesteps)
         weights = torch.clamp(snr, max=snr_gamma) / snr
         loss = ((prediction - noise).pow(2).flatten(1).mean(1) * weights).mean()
@@ -484,9 +484,8 @@ def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, u
     never rendered. ``ema_decay`` saves an exponential moving average of the UNet and text encoder
     instead of their last weights; ``snr_gamma`` weights the loss by Min-SNR. Both off reproduce the
     shipped weights. Deterministic for a seed and thread count; resumes from ``.pretrain_state.pt``."""
-    from diffusers.training_utils import EMAModel
-
     from diffusers import DDPMScheduler, StableDiffusionPipeline
+    from diffusers.training_utils import EMAModel
 
     os.makedirs(output_dir, exist_ok=True)
     state_path = os.path.join(output_dir, ".pretrain_state.pt")
@@ -566,7 +565,7 @@ def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, u
         index = torch.randint(0, num_renders, (batch_size,), generator=generator)
         ids = input_ids[index].clone()
         ids[torch.rand(batch_size, generator=generator) < caption_dropout] = empty_ids[0]
-        loss = _denoising_step(unet, noise_scheduler, latents[index], lambda: text_encoder(ids)[0], optimizer,
+        loss = denoising_step(unet, noise_scheduler, latents[index], lambda: text_encoder(ids)[0], optimizer,
                                parameters, generator, snr_gamma)
         if ema is not None:
             ema.step(parameters)
@@ -681,7 +680,7 @@ def pretrain_motion_adapter(model_dir: str, output_dir: str, seed: int = 0, step
         text_index = caption_index[index].clone()
         text_index[torch.rand(batch_size, generator=generator) < caption_dropout] = len(distinct) - 1
         # Since diffusers 0.31 the motion UNet wants one text embedding per frame.
-        loss = _denoising_step(unet, noise_scheduler, latents[index],
+        loss = denoising_step(unet, noise_scheduler, latents[index],
                                lambda: embeddings[text_index].repeat_interleave(num_frames, dim=0), optimizer,
                                parameters, generator)
         if (step + 1) % 25 == 0:

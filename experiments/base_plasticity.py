@@ -103,7 +103,7 @@ def fine_tune(args, source: str) -> dict:
         index = torch.randint(0, len(latents), (args.batch_size,), generator=generator)
         conditioning = embeddings[index].clone()
         conditioning[torch.rand(args.batch_size, generator=generator) < args.caption_dropout] = empty
-        shapes_world._denoising_step(unet, noise_scheduler, latents[index], lambda: conditioning, optimizer, parameters,
+        shapes_world.denoising_step(unet, noise_scheduler, latents[index], lambda: conditioning, optimizer, parameters,
                                      generator)
     seconds = time.perf_counter() - began
     unet.eval()
