@@ -63,6 +63,7 @@ DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 VIDEO_SHAPE_SIDE = 0.40  # videos have no size word: one box side for all
 VIDEO_TRAVEL = 0.40  # how far a video's shape moves over the clip, as a fraction of the side
 HELD_OUT_FRACTION = 0.1
+DAMAGE_SEED_OFFSET = 7919  # web_damage draws from its own stream
 HELD_OUT_SEED = 2410  # fixed forever: changing it would leak held-out captions into training
 IMAGE_SIZE = 32
 
@@ -196,9 +197,14 @@ def render_video(spec: ShapeSpec, num_frames: int = 8, image_size: int = IMAGE_S
 
 
 def degrade(image: Image.Image, kind: str, rng: random.Random) -> Image.Image:
-    """Web-like damage for tests and data: "blur", "noise" or "blank" (the background alone)."""
+    """Damage for tests and data: "blur", "noise", "blank" (the background alone), or the two
+    web-like kinds of ``web_damage``: "faded" (washed out towards grey) and "soft_blur"."""
     if kind == "blur":
         return image.filter(ImageFilter.GaussianBlur(radius=image.size[0] / 10))
+    if kind == "faded":
+        return fade(image, 0.6)
+    if kind == "soft_blur":
+        return image.filter(ImageFilter.GaussianBlur(radius=image.size[0] / 16))
     array = np.asarray(image).astype(np.float32)
     if kind == "noise":
         noise = np.random.default_rng(rng.randrange(2**31)).uniform(0, 255, array.shape)
@@ -206,6 +212,24 @@ def degrade(image: Image.Image, kind: str, rng: random.Random) -> Image.Image:
     if kind == "blank":
         return Image.new("RGB", image.size, tuple(int(v) for v in array[0, 0]))
     raise ValueError(f"unknown degradation {kind!r}")
+
+
+def fade(image: Image.Image, strength: float) -> Image.Image:
+    """Blend towards mid-grey: at strength >= 0.5 no palette colour stays within COLOR_TOLERANCE."""
+    return Image.blend(image, Image.new("RGB", image.size, (128, 128, 128)), strength)
+
+
+def web_damage(frames: List[Image.Image], rng: random.Random, damage_rate: float) -> List[Image.Image]:
+    """Pretraining data as the web has it: with probability ``damage_rate`` a picture (every frame
+    of a clip alike) is washed out (faded by 0.5-0.7) or softly blurred, half and half. A base model
+    learns this share of damaged outputs; preference data can teach it away, as Pick-a-Pic's
+    aesthetic preferences do for SD1.5."""
+    if rng.random() >= damage_rate:
+        return frames
+    if rng.random() < 0.5:
+        strength = rng.uniform(0.5, 0.7)
+        return [fade(frame, strength) for frame in frames]
+    return [frame.filter(ImageFilter.GaussianBlur(radius=frame.size[0] / 16)) for frame in frames]
 
 
 # ---------------------------------------------------------------------------
@@ -471,7 +495,8 @@ def denoising_step(unet, noise_scheduler, clean, text_embeddings, optimizer, par
 
 
 def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, unet_steps: int = 1300,
-                         num_renders: int = 20000, mismatch_rate: float = 0.1, caption_dropout: float = 0.1,
+                         num_renders: int = 20000, mismatch_rate: float = 0.1, damage_rate: float = 0.0,
+                         caption_dropout: float = 0.1,
                          batch_size: int = 64, vae_batch_size: int = 16, vae_lr: float = 2e-3,
                          save_every: int = 250, ema_decay: Optional[float] = None,
                          snr_gamma: Optional[float] = None) -> Dict:
@@ -479,7 +504,8 @@ def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, u
 
     Phase 1 trains the VAE on renders (MSE + 1e-6 KL, batch ``vae_batch_size``) and sets ``scaling_factor`` to 1/std of the
     latents. Phase 2 trains the UNet and the text encoder together on epsilon prediction, on
-    "web-like" captions: ``mismatch_rate`` of them misdescribe their image by one attribute, and
+    "web-like" data: ``damage_rate`` of the images are washed out or blurred (``web_damage``, in both
+    phases), ``mismatch_rate`` of the captions misdescribe their image by one attribute, and
     ``caption_dropout`` are empty so that classifier-free guidance works. Held-out combinations are
     never rendered. ``ema_decay`` saves an exponential moving average of the UNet and text encoder
     instead of their last weights; ``snr_gamma`` weights the loss by Min-SNR. Both off reproduce the
@@ -495,7 +521,8 @@ def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, u
     rng = random.Random(seed)
     train_specs, _ = image_split()
     specs = [rng.choice(train_specs) for _ in range(num_renders)]
-    images = to_tensor([render(spec, rng=rng) for spec in specs])
+    damage_rng = random.Random(seed + DAMAGE_SEED_OFFSET)  # its own stream: renders and captions as without damage
+    images = to_tensor([web_damage([render(spec, rng=rng)], damage_rng, damage_rate)[0] for spec in specs])
     captions = [(mismatch(s, rng) if rng.random() < mismatch_rate else s).caption for s in specs]
     input_ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     empty_ids = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
@@ -583,8 +610,8 @@ def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, u
                                        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipeline.save_pretrained(output_dir)
     info = {"seed": seed, "vae_steps": vae_steps, "unet_steps": unet_steps, "num_renders": num_renders,
-            "mismatch_rate": mismatch_rate, "caption_dropout": caption_dropout, "batch_size": batch_size,
-            "vae_batch_size": vae_batch_size, "vae_lr": vae_lr, "vae_reconstruction_mse": reconstruction_mse, "scaling_factor": scaling_factor,
+            "mismatch_rate": mismatch_rate, "damage_rate": damage_rate, "caption_dropout": caption_dropout,
+            "batch_size": batch_size, "vae_batch_size": vae_batch_size, "vae_lr": vae_lr, "vae_reconstruction_mse": reconstruction_mse, "scaling_factor": scaling_factor,
             "ema_decay": ema_decay, "snr_gamma": snr_gamma, "vae_seconds": round(timings.get("vae_s", 0.0), 1), "unet_seconds": round(timings.get("unet_s", 0.0), 1),
             "torch": torch.__version__, "threads": torch.get_num_threads()}
     with open(os.path.join(output_dir, "pretraining.json"), "w") as f:
@@ -630,11 +657,11 @@ def generate(pipeline, captions: Sequence[str], seeds: Sequence[int], num_infere
 
 
 def pretrain_motion_adapter(model_dir: str, output_dir: str, seed: int = 0, steps: int = 600, num_clips: int = 4000,
-                            num_frames: int = 8, batch_size: int = 8, mismatch_rate: float = 0.1,
+                            num_frames: int = 8, batch_size: int = 8, mismatch_rate: float = 0.1, damage_rate: float = 0.0,
                             caption_dropout: float = 0.1, save_every: int = 100) -> Dict:
     """Pretrain a MotionAdapter for the shapes UNet on moving-shape clips, AnimateDiff-style: the
     image UNet, VAE and text encoder stay frozen and only the motion modules learn (epsilon
-    prediction on per-frame latents, b c f h w). Captions are web-like as for the image model.
+    prediction on per-frame latents, b c f h w). Clips and captions are web-like as for the image model.
     Held-out video combinations are never rendered. Resumes from ``.pretrain_state.pt``."""
     from diffusers import DDPMScheduler, MotionAdapter, UNetMotionModel
 
@@ -650,7 +677,8 @@ def pretrain_motion_adapter(model_dir: str, output_dir: str, seed: int = 0, step
     rng = random.Random(seed)
     train_specs, _ = video_split()
     specs = [rng.choice(train_specs) for _ in range(num_clips)]
-    clips = [render_video(spec, num_frames, rng=rng) for spec in specs]
+    damage_rng = random.Random(seed + DAMAGE_SEED_OFFSET)
+    clips = [web_damage(render_video(spec, num_frames, rng=rng), damage_rng, damage_rate) for spec in specs]
     captions = [(mismatch(s, rng) if rng.random() < mismatch_rate else s).caption for s in specs]
     with torch.no_grad():
         frames = to_tensor([frame for clip in clips for frame in clip])
@@ -691,7 +719,8 @@ def pretrain_motion_adapter(model_dir: str, output_dir: str, seed: int = 0, step
             seconds = time.perf_counter() - began
     unet.eval().save_motion_modules(output_dir)
     info = {"seed": seed, "steps": steps, "num_clips": num_clips, "num_frames": num_frames, "batch_size": batch_size,
-            "mismatch_rate": mismatch_rate, "caption_dropout": caption_dropout, "seconds": round(seconds, 1),
+            "mismatch_rate": mismatch_rate, "damage_rate": damage_rate, "caption_dropout": caption_dropout,
+            "seconds": round(seconds, 1),
             "base_model": model_dir, "torch": torch.__version__, "threads": torch.get_num_threads()}
     with open(os.path.join(output_dir, "pretraining.json"), "w") as f:
         json.dump(info, f, indent=2)
@@ -862,6 +891,9 @@ def parse_args(input_args=None):
     for command in (pretrain, video):
         command.add_argument("--mismatch_rate", type=float, default=0.1,
                              help="Share of web-like captions that misdescribe their image by one attribute.")
+        command.add_argument("--damage_rate", type=float, default=0.0,
+                             help="Share of web-like pictures that are washed out or blurred (web_damage); the "
+                                  "shipped weights used 0.")
         command.add_argument("--threads", type=int, default=1,
                              help="CPU threads. The shipped weights were made with 1; the same seed and thread count "
                                   "give the same weights.")
@@ -896,10 +928,12 @@ def main(args):
         torch.set_num_threads(args.threads)
     if args.command == "pretrain":
         result = pretrain_image_model(args.output_dir, args.seed, args.vae_steps, args.unet_steps, args.num_renders,
-                                      args.mismatch_rate, ema_decay=args.ema_decay, snr_gamma=args.snr_gamma)
+                                      args.mismatch_rate, args.damage_rate, ema_decay=args.ema_decay,
+                                      snr_gamma=args.snr_gamma)
     elif args.command == "pretrain_video":
         result = pretrain_motion_adapter(args.model, args.output_dir, args.seed, args.steps, args.num_clips,
-                                         args.num_frames, mismatch_rate=args.mismatch_rate)
+                                         args.num_frames, mismatch_rate=args.mismatch_rate,
+                                         damage_rate=args.damage_rate)
     elif args.command == "preferences":
         result = make_image_preferences(args.model, args.output_dir, args.seed, args.margin, args.num_inference_steps,
                                         args.guidance_scale, args.num_captions)

@@ -92,12 +92,35 @@ def test_changing_one_attribute_of_the_caption_lowers_the_score(field):
             assert sw.reward(image, other.caption) < right - 0.1, (spec.caption, other.caption)
 
 
-@pytest.mark.parametrize("kind,ceiling", [("noise", 0.1), ("blank", 0.25), ("blur", 0.65)])
+@pytest.mark.parametrize("kind,ceiling", [("noise", 0.1), ("blank", 0.25), ("blur", 0.65), ("faded", 0.2)])
 def test_noise_blur_and_blank_images_score_low(kind, ceiling):
     rng = random.Random(0)
     scores = [sw.reward(sw.degrade(sw.render(s), kind, rng), s.caption) for s in SAMPLE]
     sharp = [sw.reward(sw.render(s), s.caption) for s in SAMPLE]
     assert np.mean(scores) < ceiling and np.mean(scores) < np.mean(sharp) - 0.3
+
+
+def test_web_damage_washes_out_or_blurs_the_set_share_and_lowers_the_reward():
+    rng = random.Random(0)
+    specs = [random.Random(i).choice(SAMPLE) for i in range(400)]
+    clean = [sw.render(s) for s in specs]
+    damaged = [sw.web_damage([image], rng, damage_rate=0.5)[0] for image in clean]
+    changed = [i for i, (a, b) in enumerate(zip(clean, damaged)) if a.tobytes() != b.tobytes()]
+    assert 0.42 < len(changed) / len(specs) < 0.58
+    rewards = [sw.reward(damaged[i], specs[i].caption) for i in changed]
+    # Washed-out pictures lose every palette colour (reward ~0); soft blur keeps most of it.
+    assert 0.35 < np.mean(np.array(rewards) < 0.2) < 0.65 and max(rewards) > 0.6
+    assert np.mean(rewards) < np.mean([sw.reward(clean[i], specs[i].caption) for i in changed]) - 0.3
+    assert all(sw.web_damage([image], random.Random(1), 0.0)[0] is image for image in clean[:10])
+
+
+def test_web_damage_treats_every_frame_of_a_clip_alike():
+    spec = sw.all_video_specs()[0]
+    for seed in range(20):
+        clean = sw.render_video(spec)
+        frames = sw.web_damage(clean, random.Random(seed), damage_rate=1.0)
+        assert all(a.tobytes() != b.tobytes() for a, b in zip(clean, frames))
+        assert len({frame.getpixel((0, 0)) for frame in frames}) == 1  # one fade strength (or none) for the clip
 
 
 def test_reward_refuses_the_wrong_modality():
@@ -228,11 +251,13 @@ def test_pretraining_is_deterministic_and_a_stopped_run_resumes_to_the_same_weig
     assert info["ema_decay"] == options.get("ema_decay") and info["snr_gamma"] == options.get("snr_gamma")
 
 
-def test_ema_and_min_snr_change_the_weights(tmp_path):
+@pytest.mark.parametrize("options", [{"ema_decay": 0.9}, {"damage_rate": 0.5}], ids=["ema", "web-damage"])
+def test_ema_and_web_damage_change_the_weights(tmp_path, options):
     import torch
 
     torch.set_num_threads(1)
     _tiny_pretraining(tmp_path / "plain")
-    _tiny_pretraining(tmp_path / "ema", ema_decay=0.9)
-    plain, ema = _unet_state(tmp_path / "plain"), _unet_state(tmp_path / "ema")
-    assert any(not torch.equal(plain[k], ema[k]) for k in plain)
+    info = _tiny_pretraining(tmp_path / "changed", **options)
+    plain, changed = _unet_state(tmp_path / "plain"), _unet_state(tmp_path / "changed")
+    assert any(not torch.equal(plain[k], changed[k]) for k in plain)
+    assert all(info[k] == v for k, v in options.items())
