@@ -28,6 +28,7 @@ def has_matplotlib():
     return importlib.util.find_spec("matplotlib") is not None
 
 
+@pytest.mark.slow  # 35-65 s on 2 cores: keeps the default suite under 15 minutes
 def test_benchmark_smoke_writes_table_json_and_plot(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     # One thread: on a shared 2-core CPU two threads wait on each other and the run takes minutes.
@@ -74,6 +75,7 @@ def test_benchmark_smoke_writes_table_json_and_plot(tmp_path):
         assert report["phase_plot"] is None and "matplotlib is not installed" in result.stderr
 
 
+@pytest.mark.slow  # 35-65 s on 2 cores: keeps the default suite under 15 minutes
 def test_video_benchmark_smoke_writes_table_json_and_plot(tmp_path):
     """--video: the AnimateDiff step on the tiny model + tiny MotionAdapter (8 frames); dpo is skipped with a
     note, targets 2 and 4 are n/a, the swap is reported per train target with its snapshot size."""
