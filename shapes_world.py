@@ -222,14 +222,14 @@ def fade(image: Image.Image, strength: float) -> Image.Image:
 def web_damage(frames: List[Image.Image], rng: random.Random, damage_rate: float) -> List[Image.Image]:
     """Pretraining data as the web has it: with probability ``damage_rate`` a picture (every frame
     of a clip alike) is washed out (faded by 0.5-0.7) or softly blurred, half and half. A base model
-    learns this share of damaged outputs; preference data can teach it away, as Pick-a-Pic's
-    aesthetic preferences do for SD1.5."""
+    learns this share of damaged outputs: a bad mode for preference data to select against, as
+    SD1.5's ugly samples are for Pick-a-Pic (the damaged-world probe in experiments/results/)."""
     if rng.random() >= damage_rate:
         return frames
     if rng.random() < 0.5:
         strength = rng.uniform(0.5, 0.7)
         return [fade(frame, strength) for frame in frames]
-    return [frame.filter(ImageFilter.GaussianBlur(radius=frame.size[0] / 16)) for frame in frames]
+    return [degrade(frame, "soft_blur", rng) for frame in frames]
 
 
 # ---------------------------------------------------------------------------
