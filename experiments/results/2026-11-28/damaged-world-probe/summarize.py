@@ -1,7 +1,11 @@
 """Rescore the probe's evaluation images (kept outside git) with shapes_world.reward and write
 probe_runs.json: per run, the mean reward on 32 training captions x 4 images (DDIM 20, CFG 5, the same
 seeds for every model), the paired gain over the base with a 95% bootstrap CI over captions, the
-paired win rate, and the share of washed-out images (mean chroma under 50)."""
+paired win rate, and the share of washed-out images (mean chroma under 50). The CIs are
+evaluate_sspo's (bootstrap over captions, seed 0).
+
+    python summarize.py /tmp/wA data/shapes-train-image-prompts.txt probe_runs.json             # damaged base
+    python summarize.py /tmp/wS data/shapes-train-image-prompts.txt shipped_base_small_beta.json  # shipped base"""
 import glob
 import json
 import os
@@ -12,6 +16,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
 import shapes_world  # noqa: E402
+from evaluate_sspo import bootstrap_ci, paired_win_rate  # noqa: E402
 
 RUNS = {  # run folder -> the flags that differ from: --train_batch_size 8 --rank 8 --lr_scheduler constant --seed 0
     "sspo": "sspo, beta 2000, self_sample_steps 10, lr 5e-4, 100 steps (the quickstart recipe)",
@@ -24,6 +29,9 @@ RUNS = {  # run folder -> the flags that differ from: --train_batch_size 8 --ran
     "sspo444_400": "sspo, as sspo_400, winners stored as JPEG 4:4:4 (no chroma subsampling)",
     "sft444_400": "sft, as sft_400, winners stored as JPEG 4:4:4",
     "sftrender_400": "sft on the renderer's perfect images of the 810 training captions, lr 1e-3, 400 steps",
+    # on the shipped base and data
+    "sspo_b100": "sspo, beta 100, self_sample_steps 10, lr 1e-3, 100 steps",
+    "dpo_b100": "dpo on the pairs, beta 100, lr 1e-3, 100 steps",
 }
 
 
@@ -39,26 +47,24 @@ def scores(folder, captions):
     return rewards, faded
 
 
-def paired(base, run, rng, n=2000):
+def paired(base, run):
+    """(gain, win rate) over the base, each [value, ci_low, ci_high], from per-caption means."""
     gain = (run - base).mean(1)
-    wins = (run.mean(1) > base.mean(1)) + 0.5 * (run.mean(1) == base.mean(1))
-    boot = rng.integers(0, len(gain), (n, len(gain)))
-    return ([float(gain.mean()), *map(float, np.percentile(gain[boot].mean(1), [2.5, 97.5]))],
-            [float(wins.mean()), *map(float, np.percentile(wins[boot].mean(1), [2.5, 97.5]))])
+    win = paired_win_rate(run.mean(1), base.mean(1))
+    return [float(gain.mean()), *bootstrap_ci(gain)], [win["win_rate"], win["ci_low"], win["ci_high"]]
 
 
 def main(world_dir, prompts, output):
     captions = [line.strip() for line in open(prompts) if line.strip()]
-    rng = np.random.default_rng(0)
     base, base_faded = scores(os.path.join(world_dir, "eval_train", "base"), captions)
-    result = {"prompts": prompts, "images_per_prompt": 4, "num_inference_steps": 20, "guidance_scale": 5.0,
+    result = {"world": world_dir, "prompts": prompts, "images_per_prompt": 4, "num_inference_steps": 20, "guidance_scale": 5.0,
               "base": {"reward": float(base.mean()), "faded_share": float(base_faded.mean())}, "runs": {}}
     for name, flags in RUNS.items():
         folder = os.path.join(world_dir, "eval_train", name)
         if not os.path.isdir(folder):
             continue
         run, faded = scores(folder, captions)
-        gain, win = paired(base, run, rng)
+        gain, win = paired(base, run)
         result["runs"][name] = {"flags": flags, "reward": float(run.mean()), "gain_vs_base": gain,
                                 "win_rate_vs_base": win, "faded_share": float(faded.mean())}
     with open(output, "w") as f:
