@@ -1148,6 +1148,11 @@ def add_shared_arguments(parser, loss_types: Sequence[str], default_output_dir: 
     group.add_argument("--self_sample_guidance_scale", type=float, default=7.5, help="CFG scale of self-sampling.")
     group.add_argument("--self_sample_scheduler", choices=SELF_SAMPLE_SCHEDULER_NAMES, default="ddim",
                        help="Sampler of self-sampling, built from the model's scheduler config.")
+    group.add_argument("--proportion_empty_prompts", type=float, default=0.0,
+                       help="Share of a batch's captions replaced by the empty caption in the loss (x^s is still sampled "
+                            "for the real caption). The base was pretrained with such dropout for classifier-free "
+                            "guidance; fine-tuning on captions alone lets the unconditional prediction drift, and CFG "
+                            "amplifies the drift. 0 (default) as in Diffusion-DPO.")
     group.add_argument("--self_sample_batch_size", type=int, default=None,
                        help="Self-samples per generation call. The RCR reference is drawn once per optimizer step, so "
                             "the x^s of all its micro-batches are generated together, in chunks of this size. Default: "
@@ -1213,6 +1218,8 @@ def check_shared_args(args, positive: Sequence[str] = ()):
         raise SSPOInputError(f"--max_snapshots {args.max_snapshots} cannot hold the initial model plus any other; use >= 2.")
     if args.beta_dpo <= 0:
         raise SSPOInputError(f"--beta_dpo {args.beta_dpo} must be positive.")
+    if not 0 <= args.proportion_empty_prompts < 1:
+        raise SSPOInputError(f"--proportion_empty_prompts {args.proportion_empty_prompts} must be in [0, 1).")
     if args.max_train_steps is not None and args.max_train_steps < 1:
         raise SSPOInputError(f"--max_train_steps {args.max_train_steps} must be at least 1.")
     if args.lora_alpha is None:
@@ -1518,6 +1525,16 @@ def tokenize(tokenizer, captions):
 @torch.no_grad()
 def encode_prompt_ids(text_encoder, input_ids):
     return text_encoder(input_ids.to(text_encoder.device), return_dict=False)[0]
+
+
+def drop_captions(prompt_embeds, empty_prompt_embeds, proportion, generator):
+    """Replace each row of ``prompt_embeds`` by the empty caption's embedding with probability
+    ``proportion`` (caption dropout, as in SD's pretraining). Draws nothing when ``proportion`` is 0,
+    so runs without dropout keep their random streams."""
+    if proportion <= 0:
+        return prompt_embeds
+    dropped = torch.rand(prompt_embeds.shape[0], generator=generator) < proportion
+    return torch.where(dropped.to(prompt_embeds.device)[:, None, None], empty_prompt_embeds.to(prompt_embeds), prompt_embeds)
 
 
 def draw_noise_and_timesteps(noise_scheduler, latents, generator):

@@ -45,6 +45,7 @@ from sspo_utils import (
     create_hub_repo,
     create_optimizer,
     draw_noise_and_timesteps,
+    drop_captions,
     dump_rank_state_for_tests,
     encode_prompt_ids,
     inject_nonfinite_for_tests,
@@ -402,6 +403,8 @@ def main(args):
             step_metrics = []
             for i, (batch, prompt_embeds) in enumerate(zip(step_batches, step_prompt_embeds)):
                 with accumulate_micro_batch(accelerator, unet, is_last=i == len(step_batches) - 1):
+                    prompt_embeds = drop_captions(prompt_embeds, negative_prompt_embeds, args.proportion_empty_prompts,
+                                                  generators.noise)  # x^s above used the real captions
                     with torch.no_grad():
                         latents_w = encode_video(vae, batch["pixel_values"], weight_dtype, generators.noise)  # z_w: b c f h w
                     # UNetMotionModel wants one text embedding per frame (diffusers >= 0.31).

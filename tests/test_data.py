@@ -138,6 +138,8 @@ def test_streaming_pickapic_yields_winners(tiny_model_dir, tokenizer, tmp_path, 
     (["--max_snapshots", "1"], "--max_snapshots"),
     (["--rank", "0"], "--rank"),
     (["--beta_dpo", "-1"], "--beta_dpo"),
+    (["--proportion_empty_prompts", "1"], "--proportion_empty_prompts"),
+    (["--proportion_empty_prompts", "-0.1"], "--proportion_empty_prompts"),
     (["--streaming"], "--max_train_steps"),
 ])
 def test_nonsense_flags_are_rejected(tiny_model_dir, tiny_imagefolder_dir, flags, message):
@@ -151,3 +153,20 @@ def test_seed_zero_is_a_real_seed(tiny_model_dir, tiny_imagefolder_dir):
     first = sspo_utils.TrainingGenerators(args.seed)
     second = sspo_utils.TrainingGenerators(args.seed)
     assert torch.equal(torch.randn(3, generator=first.noise), torch.randn(3, generator=second.noise))
+
+
+def test_drop_captions_replaces_rows_with_the_empty_embedding_at_the_given_rate():
+    embeds = torch.arange(1, 1 + 400 * 2 * 3, dtype=torch.float32).reshape(400, 2, 3)
+    empty = torch.full((1, 2, 3), -7.0)
+    dropped = sspo_utils.drop_captions(embeds, empty, 0.25, torch.Generator().manual_seed(0))
+    is_empty = (dropped == -7.0).all(dim=(1, 2))
+    kept = (dropped == embeds).all(dim=(1, 2))
+    assert bool((is_empty ^ kept).all())  # every row is either untouched or wholly the empty caption
+    assert 0.18 < is_empty.float().mean().item() < 0.32
+
+
+def test_drop_captions_at_zero_draws_nothing():
+    generator = torch.Generator().manual_seed(3)
+    embeds = torch.randn(4, 2, 3)
+    assert sspo_utils.drop_captions(embeds, torch.zeros(1, 2, 3), 0.0, generator) is embeds
+    assert torch.equal(torch.rand(2, generator=generator), torch.rand(2, generator=torch.Generator().manual_seed(3)))

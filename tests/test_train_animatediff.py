@@ -255,7 +255,8 @@ def test_motion_lora_resume_from_latest(motion_lora_run, tiny_model_dir, tiny_mo
 def test_lora_target_with_sft_trains_spatial_and_motion(tiny_model_dir, tiny_motion_adapter_dir, chronomagic, tmp_path):
     result = run_script(e2e_args(tiny_model_dir, tiny_motion_adapter_dir, *chronomagic, tmp_path, "--max_train_steps", "2",
                                  "--train_target", "lora", "--loss_type", "sft", "--report_to", "none",
-                                 "--dataloader_num_workers", "1", "--gradient_checkpointing", "--use_8bit_adam"))
+                                 "--dataloader_num_workers", "1", "--gradient_checkpointing", "--use_8bit_adam",
+                                 "--proportion_empty_prompts", "0.5"))
     assert_ok(result)
     keys = list(load_file(tmp_path / "pytorch_lora_weights.safetensors"))
     assert any("motion_modules" in k for k in keys) and any("motion_modules" not in k for k in keys)

@@ -225,3 +225,16 @@ def test_resume_with_other_rank_is_a_clear_error(sspo_run, tiny_model_dir, tiny_
     result = run_script(base_args(tiny_model_dir, other, "--train_data_dir", tiny_imagefolder_dir, "--rank", "4",
                                   "--max_train_steps", "6", "--resume_from_checkpoint", "latest"), launcher="python")
     assert_clear_failure(result, other, "rank=8", "rank=4")
+
+
+def test_caption_dropout_changes_what_sft_learns(tiny_model_dir, tiny_imagefolder_dir, tmp_path):
+    """--proportion_empty_prompts trains some rows on the empty caption: same seed, different LoRA."""
+    weights = []
+    for proportion in ("0", "0.5"):
+        output_dir = tmp_path / f"dropout_{proportion}"
+        assert_ok(run_script(base_args(tiny_model_dir, output_dir, "--train_data_dir", tiny_imagefolder_dir,
+                                       "--loss_type", "sft", "--train_batch_size", "4", "--max_train_steps", "2",
+                                       "--proportion_empty_prompts", proportion, "--report_to", "none")))
+        weights.append(load_file(str(output_dir / "pytorch_lora_weights.safetensors")))
+    assert weights[0].keys() == weights[1].keys()
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
