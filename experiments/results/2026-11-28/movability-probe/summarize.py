@@ -16,15 +16,15 @@ from evaluate_sspo import bootstrap_ci, paired_win_rate  # noqa: E402
 
 def main():
     runs = json.load(open(os.path.join(HERE, "rewards.json")))
-    bases = {(r["prompts"], r["guidance_scale"]): np.reshape(r["rewards"], (-1, 4))
+    bases = {(r["base_model"], r["prompts"], r["guidance_scale"]): np.reshape(r["rewards"], (-1, 4))
              for name, r in runs.items() if name.startswith("base")}
     results = {}
     for name, run in runs.items():
         rewards = np.reshape(run["rewards"], (-1, 4))
-        entry = {"run": run["run"], "prompts": run["prompts"], "guidance_scale": run["guidance_scale"],
+        entry = {"run": run["run"], "base_model": run["base_model"], "prompts": run["prompts"], "guidance_scale": run["guidance_scale"],
                  "captions": rewards.shape[0], "reward": round(float(rewards.mean()), 4)}
         if not name.startswith("base"):
-            base = bases[(run["prompts"], run["guidance_scale"])]
+            base = bases[(run["base_model"], run["prompts"], run["guidance_scale"])]
             gain = (rewards - base).mean(1)
             win = paired_win_rate(rewards.mean(1), base.mean(1))
             entry.update(base_reward=round(float(base.mean()), 4), gain=round(float(gain.mean()), 4),
