@@ -1150,8 +1150,8 @@ def add_shared_arguments(parser, loss_types: Sequence[str], default_output_dir: 
                        help="Sampler of self-sampling, built from the model's scheduler config.")
     group.add_argument("--proportion_empty_prompts", type=float, default=0.0,
                        help="Share of a batch's captions replaced by the empty caption in the loss (x^s is still sampled "
-                            "for the real caption). The base was pretrained with such dropout for classifier-free "
-                            "guidance; fine-tuning on captions alone lets the unconditional prediction drift, and CFG "
+                            "for the real caption). SD's pretraining drops captions so that classifier-free guidance "
+                            "works; fine-tuning on captions alone lets the unconditional prediction drift, and CFG "
                             "amplifies the drift. 0 (default) as in Diffusion-DPO.")
     group.add_argument("--self_sample_batch_size", type=int, default=None,
                        help="Self-samples per generation call. The RCR reference is drawn once per optimizer step, so "
