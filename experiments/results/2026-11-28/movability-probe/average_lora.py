@@ -2,17 +2,32 @@
 one LoRA of rank n*r (alpha = rank keeps the scale at 1, as in the runs averaged).
 
     python average_lora.py OUT_DIR RUN/checkpoint-50 RUN/checkpoint-60 ... RUN/checkpoint-100"""
-import sys, os
-from safetensors.torch import load_file, save_file
+import os
+import sys
+
 import torch
-ckpts = sys.argv[2:]; out = sys.argv[1]
-sds = [load_file(os.path.join(c, "pytorch_lora_weights.safetensors")) for c in ckpts]
-avg = {}
-for k in sds[0]:
-    if "lora_A" in k or "lora.down" in k:
-        avg[k] = torch.cat([sd[k] for sd in sds], 0)
-    elif "lora_B" in k or "lora.up" in k:
-        avg[k] = torch.cat([sd[k] / len(sds) for sd in sds], 1)
-    else:
-        raise KeyError(k)
-os.makedirs(out, exist_ok=True); save_file(avg, os.path.join(out, "pytorch_lora_weights.safetensors")); print(len(avg), "tensors")
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", ".."))
+from sspo_utils import LORA_WEIGHT_NAME  # noqa: E402
+
+
+def average_lora(checkpoints):
+    state_dicts = [load_file(os.path.join(checkpoint, LORA_WEIGHT_NAME)) for checkpoint in checkpoints]
+    averaged = {}
+    for key in state_dicts[0]:
+        if "lora_A" in key or "lora.down" in key:  # A_i stacked along the rank
+            averaged[key] = torch.cat([sd[key] for sd in state_dicts], 0)
+        elif "lora_B" in key or "lora.up" in key:  # B_i / n side by side
+            averaged[key] = torch.cat([sd[key] / len(state_dicts) for sd in state_dicts], 1)
+        else:
+            raise KeyError(f"not a LoRA A/B weight: {key}")
+    return averaged
+
+
+if __name__ == "__main__":
+    output_dir, checkpoints = sys.argv[1], sys.argv[2:]
+    averaged = average_lora(checkpoints)
+    os.makedirs(output_dir, exist_ok=True)
+    save_file(averaged, os.path.join(output_dir, LORA_WEIGHT_NAME))
+    print(len(averaged), "tensors")
