@@ -403,10 +403,10 @@ def write_shapes_tokenizer_files(directory: str):
     return vocab_file, merges_file
 
 
-def build_shapes_components(seed: int = 0):
+def build_shapes_components(seed: int = 0, prediction_type: str = "epsilon"):
     """Random-init SD1.5-shaped components for the shapes world: 32 px images -> 4x8x8 latents
     (a 3-block VAE), a 2-block cross-attention UNet, a 2-layer CLIP text encoder on a word-level
-    vocabulary, and SD1.5's DDIM scheduler settings."""
+    vocabulary, and SD1.5's DDIM scheduler settings (``prediction_type`` "v_prediction": SD2's target)."""
     import tempfile
 
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -432,7 +432,7 @@ def build_shapes_components(seed: int = 0):
         max_position_embeddings=77, bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=eos_id,
     ))
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
+                              set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type)
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
 
 
@@ -472,21 +472,24 @@ def _log(message):
 
 def denoising_step(unet, noise_scheduler, clean, text_embeddings, optimizer, parameters, generator,
                     snr_gamma: Optional[float] = None):
-    """One step of SD's pretraining objective: noise x_0 to x_t at a uniform t, predict epsilon.
+    """One step of SD's pretraining objective: noise x_0 to x_t at a uniform t, predict epsilon (or v,
+    when the scheduler's ``prediction_type`` is "v_prediction", as SD2 does).
     ``text_embeddings`` is called after the draws, so that its cost never shifts them. With
     ``snr_gamma``, each sample's loss is weighted by min(SNR(t), gamma) / SNR(t) (Min-SNR, Hang et al. 2023)."""
     noise = torch.randn(clean.shape, generator=generator)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (clean.shape[0],), generator=generator)
     noisy = noise_scheduler.add_noise(clean, noise, timesteps)
     prediction = unet(noisy, timesteps, text_embeddings()).sample
+    v_prediction = noise_scheduler.config.prediction_type == "v_prediction"
+    target = noise_scheduler.get_velocity(clean, noise, timesteps) if v_prediction else noise
     if snr_gamma is None:  # the shipped weights' exact arithmetic
-        loss = torch.nn.functional.mse_loss(prediction, noise)
+        loss = torch.nn.functional.mse_loss(prediction, target)
     else:
         from diffusers.training_utils import compute_snr
 
         snr = compute_snr(noise_scheduler, timesteps)
-        weights = torch.clamp(snr, max=snr_gamma) / snr
-        loss = ((prediction - noise).pow(2).flatten(1).mean(1) * weights).mean()
+        weights = torch.clamp(snr, max=snr_gamma) / (snr + 1 if v_prediction else snr)
+        loss = ((prediction - target).pow(2).flatten(1).mean(1) * weights).mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -499,7 +502,8 @@ def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, u
                          caption_dropout: float = 0.1,
                          batch_size: int = 64, vae_batch_size: int = 16, vae_lr: float = 2e-3,
                          save_every: int = 250, ema_decay: Optional[float] = None,
-                         snr_gamma: Optional[float] = None) -> Dict:
+                         snr_gamma: Optional[float] = None, vae_latent_noise: Optional[float] = None,
+                         unet_lr: float = 1e-3, prediction_type: str = "epsilon") -> Dict:
     """Pretrain the shapes-world StableDiffusionPipeline from scratch and save it to ``output_dir``.
 
     Phase 1 trains the VAE on renders (MSE + 1e-6 KL, batch ``vae_batch_size``) and sets ``scaling_factor`` to 1/std of the
@@ -508,15 +512,17 @@ def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, u
     phases), ``mismatch_rate`` of the captions misdescribe their image by one attribute, and
     ``caption_dropout`` are empty so that classifier-free guidance works. Held-out combinations are
     never rendered. ``ema_decay`` saves an exponential moving average of the UNet and text encoder
-    instead of their last weights; ``snr_gamma`` weights the loss by Min-SNR. Both off reproduce the
-    shipped weights. Deterministic for a seed and thread count; resumes from ``.pretrain_state.pt``."""
+    instead of their last weights; ``snr_gamma`` weights the loss by Min-SNR. ``vae_latent_noise``
+    decodes latents with Gaussian noise of that std relative to the batch's latent std (instead of the
+    posterior's tiny std), so that the decoder maps a whole neighbourhood of each code to a clean
+    render. All off reproduce the shipped weights. Deterministic for a seed and thread count; resumes from ``.pretrain_state.pt``."""
     from diffusers import DDPMScheduler, StableDiffusionPipeline
     from diffusers.training_utils import EMAModel
 
     os.makedirs(output_dir, exist_ok=True)
     state_path = os.path.join(output_dir, ".pretrain_state.pt")
     state = torch.load(state_path, weights_only=True) if os.path.isfile(state_path) else None
-    components = build_shapes_components(seed)
+    components = build_shapes_components(seed, prediction_type)
     vae, unet, text_encoder, tokenizer = (components[k] for k in ("vae", "unet", "text_encoder", "tokenizer"))
     rng = random.Random(seed)
     train_specs, _ = image_split()
@@ -549,7 +555,8 @@ def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, u
             group["lr"] = _lr_at(step, vae_steps, vae_lr, warmup=50)
         batch = images[torch.randint(0, num_renders, (vae_batch_size,), generator=generator)]
         posterior = vae.encode(batch).latent_dist
-        reconstruction = vae.decode(posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)).sample
+        std = posterior.std if vae_latent_noise is None else vae_latent_noise * posterior.mean.detach().std()
+        reconstruction = vae.decode(posterior.mean + std * torch.randn(posterior.mean.shape, generator=generator)).sample
         loss = torch.nn.functional.mse_loss(reconstruction, batch) + 1e-6 * posterior.kl().mean()
         vae_optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -572,7 +579,7 @@ def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, u
     # Phase 2: UNet + text encoder.
     noise_scheduler = DDPMScheduler.from_config(components["scheduler"].config)
     parameters = list(unet.parameters()) + list(text_encoder.parameters())
-    optimizer = torch.optim.AdamW(parameters, lr=1e-3, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(parameters, lr=unet_lr, weight_decay=1e-4)
     ema = EMAModel(parameters, decay=ema_decay, use_ema_warmup=True) if ema_decay else None
     start = 0
     if state is not None and "unet" in state:
@@ -588,7 +595,7 @@ def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, u
     text_encoder.train()
     for step in range(start, unet_steps):
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, unet_steps, 1e-3)
+            group["lr"] = _lr_at(step, unet_steps, unet_lr)
         index = torch.randint(0, num_renders, (batch_size,), generator=generator)
         ids = input_ids[index].clone()
         ids[torch.rand(batch_size, generator=generator) < caption_dropout] = empty_ids[0]
@@ -611,8 +618,9 @@ def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, u
     pipeline.save_pretrained(output_dir)
     info = {"seed": seed, "vae_steps": vae_steps, "unet_steps": unet_steps, "num_renders": num_renders,
             "mismatch_rate": mismatch_rate, "damage_rate": damage_rate, "caption_dropout": caption_dropout,
-            "batch_size": batch_size, "vae_batch_size": vae_batch_size, "vae_lr": vae_lr, "vae_reconstruction_mse": reconstruction_mse, "scaling_factor": scaling_factor,
-            "ema_decay": ema_decay, "snr_gamma": snr_gamma, "vae_seconds": round(timings.get("vae_s", 0.0), 1), "unet_seconds": round(timings.get("unet_s", 0.0), 1),
+            "batch_size": batch_size, "unet_lr": unet_lr, "vae_batch_size": vae_batch_size, "vae_lr": vae_lr, "vae_reconstruction_mse": reconstruction_mse, "scaling_factor": scaling_factor,
+            "ema_decay": ema_decay, "snr_gamma": snr_gamma, "vae_latent_noise": vae_latent_noise,
+            "prediction_type": prediction_type, "vae_seconds": round(timings.get("vae_s", 0.0), 1), "unet_seconds": round(timings.get("unet_s", 0.0), 1),
             "torch": torch.__version__, "threads": torch.get_num_threads()}
     with open(os.path.join(output_dir, "pretraining.json"), "w") as f:
         json.dump(info, f, indent=2)
@@ -660,8 +668,8 @@ def pretrain_motion_adapter(model_dir: str, output_dir: str, seed: int = 0, step
                             num_frames: int = 8, batch_size: int = 8, mismatch_rate: float = 0.1, damage_rate: float = 0.0,
                             caption_dropout: float = 0.1, save_every: int = 100) -> Dict:
     """Pretrain a MotionAdapter for the shapes UNet on moving-shape clips, AnimateDiff-style: the
-    image UNet, VAE and text encoder stay frozen and only the motion modules learn (epsilon
-    prediction on per-frame latents, b c f h w). Clips and captions are web-like as for the image model.
+    image UNet, VAE and text encoder stay frozen and only the motion modules learn (the base's
+    epsilon or v target on per-frame latents, b c f h w). Clips and captions are web-like as for the image model.
     Held-out video combinations are never rendered. Resumes from ``.pretrain_state.pt``."""
     from diffusers import DDPMScheduler, MotionAdapter, UNetMotionModel
 
@@ -882,6 +890,12 @@ def parse_args(input_args=None):
     pretrain.add_argument("--num_renders", type=int, default=20000)
     pretrain.add_argument("--ema_decay", type=float, default=None, help="Save an EMA of the weights (e.g. 0.999).")
     pretrain.add_argument("--snr_gamma", type=float, default=None, help="Min-SNR loss weighting (e.g. 5).")
+    pretrain.add_argument("--batch_size", type=int, default=64, help="UNet pretraining batch size.")
+    pretrain.add_argument("--prediction_type", default="epsilon", choices=["epsilon", "v_prediction"],
+                          help="The UNet's target: epsilon (SD1.5) or v (SD2).")
+    pretrain.add_argument("--unet_lr", type=float, default=1e-3, help="Peak learning rate of the UNet and text encoder.")
+    pretrain.add_argument("--vae_latent_noise", type=float, default=None,
+                          help="Train the VAE decoder on latents noised by this fraction of their std (e.g. 0.5).")
     video = commands.add_parser("pretrain_video", help="Pretrain a MotionAdapter for the image model's UNet.")
     video.add_argument("--model", default="models/shapes-sd15")
     video.add_argument("--output_dir", default="models/shapes-motion-adapter")
@@ -929,7 +943,9 @@ def main(args):
     if args.command == "pretrain":
         result = pretrain_image_model(args.output_dir, args.seed, args.vae_steps, args.unet_steps, args.num_renders,
                                       args.mismatch_rate, args.damage_rate, ema_decay=args.ema_decay,
-                                      snr_gamma=args.snr_gamma)
+                                      snr_gamma=args.snr_gamma, vae_latent_noise=args.vae_latent_noise,
+                                      batch_size=args.batch_size, unet_lr=args.unet_lr,
+                                      prediction_type=args.prediction_type)
     elif args.command == "pretrain_video":
         result = pretrain_motion_adapter(args.model, args.output_dir, args.seed, args.steps, args.num_clips,
                                          args.num_frames, mismatch_rate=args.mismatch_rate,

@@ -4,6 +4,7 @@ Pick-a-Pic / ChronoMagic preference-data generators (on a random-weight shapes p
 import csv
 import dataclasses
 import io
+import json
 import os
 import random
 
@@ -224,7 +225,9 @@ def _unet_state(path):
     return load_file(os.path.join(path, "unet", "diffusion_pytorch_model.safetensors"))
 
 
-@pytest.mark.parametrize("options", [{}, {"ema_decay": 0.9, "snr_gamma": 5.0}], ids=["shipped-recipe", "ema-minsnr"])
+@pytest.mark.parametrize("options", [{}, {"ema_decay": 0.9, "snr_gamma": 5.0},
+                                     {"prediction_type": "v_prediction", "snr_gamma": 5.0, "unet_lr": 2e-3}],
+                         ids=["shipped-recipe", "ema-minsnr", "v-prediction"])
 def test_pretraining_is_deterministic_and_a_stopped_run_resumes_to_the_same_weights(tmp_path, monkeypatch, options):
     import torch
 
@@ -249,9 +252,12 @@ def test_pretraining_is_deterministic_and_a_stopped_run_resumes_to_the_same_weig
     whole, resumed = _unet_state(tmp_path / "whole"), _unet_state(tmp_path / "stopped")
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
     assert info["ema_decay"] == options.get("ema_decay") and info["snr_gamma"] == options.get("snr_gamma")
+    assert info["prediction_type"] == options.get("prediction_type", "epsilon")
 
 
-@pytest.mark.parametrize("options", [{"ema_decay": 0.9}, {"damage_rate": 0.5}], ids=["ema", "web-damage"])
+@pytest.mark.parametrize("options", [{"ema_decay": 0.9}, {"damage_rate": 0.5}, {"vae_latent_noise": 0.5},
+                                     {"prediction_type": "v_prediction"}, {"unet_lr": 2e-3}],
+                         ids=["ema", "web-damage", "vae-latent-noise", "v-prediction", "unet-lr"])
 def test_ema_and_web_damage_change_the_weights(tmp_path, options):
     import torch
 
@@ -261,3 +267,5 @@ def test_ema_and_web_damage_change_the_weights(tmp_path, options):
     plain, changed = _unet_state(tmp_path / "plain"), _unet_state(tmp_path / "changed")
     assert any(not torch.equal(plain[k], changed[k]) for k in plain)
     assert all(info[k] == v for k, v in options.items())
+    with open(tmp_path / "changed" / "scheduler" / "scheduler_config.json") as f:
+        assert json.load(f)["prediction_type"] == options.get("prediction_type", "epsilon")
