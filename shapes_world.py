@@ -13,7 +13,8 @@ Everything about the world lives here, in four parts:
 The trainers and ``sspo_utils`` know nothing of this file: the world reaches them as an ordinary
 model folder and an ordinary dataset.
 
-    python shapes_world.py pretrain --output_dir models/shapes-sd15                # about 25 min, 2 CPU cores
+    python shapes_world.py pretrain --output_dir models/shapes-sd15 --threads 2 --unet_steps 1800 \
+        --prediction_type v_prediction --unet_lr 2e-3 --ema_decay 0.999           # the shipped base, ~30 min
     python shapes_world.py pretrain_video --model models/shapes-sd15 --output_dir models/shapes-motion-adapter
     python shapes_world.py preferences --model models/shapes-sd15 --output_dir data/shapes-pickapic
     python shapes_world.py video_preferences --model models/shapes-sd15 \
@@ -36,6 +37,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
+
+from sspo_utils import training_target
 
 
 # ---------------------------------------------------------------------------
@@ -480,14 +483,14 @@ def denoising_step(unet, noise_scheduler, clean, text_embeddings, optimizer, par
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (clean.shape[0],), generator=generator)
     noisy = noise_scheduler.add_noise(clean, noise, timesteps)
     prediction = unet(noisy, timesteps, text_embeddings()).sample
-    v_prediction = noise_scheduler.config.prediction_type == "v_prediction"
-    target = noise_scheduler.get_velocity(clean, noise, timesteps) if v_prediction else noise
+    target = training_target(noise_scheduler, clean, noise, timesteps)
     if snr_gamma is None:  # the shipped weights' exact arithmetic
         loss = torch.nn.functional.mse_loss(prediction, target)
     else:
         from diffusers.training_utils import compute_snr
 
         snr = compute_snr(noise_scheduler, timesteps)
+        v_prediction = noise_scheduler.config.prediction_type == "v_prediction"
         weights = torch.clamp(snr, max=snr_gamma) / (snr + 1 if v_prediction else snr)
         loss = ((prediction - target).pow(2).flatten(1).mean(1) * weights).mean()
     optimizer.zero_grad(set_to_none=True)
@@ -515,7 +518,10 @@ def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, u
     instead of their last weights; ``snr_gamma`` weights the loss by Min-SNR. ``vae_latent_noise``
     decodes latents with Gaussian noise of that std relative to the batch's latent std (instead of the
     posterior's tiny std), so that the decoder maps a whole neighbourhood of each code to a clean
-    render. All off reproduce the shipped weights. Deterministic for a seed and thread count; resumes from ``.pretrain_state.pt``."""
+    render. ``prediction_type`` "v_prediction" trains on SD2's v target. The shipped base is
+    prediction_type "v_prediction", unet_lr 2e-3, ema_decay 0.999, unet_steps 1800, 2 threads; the
+    defaults are the previous, epsilon recipe. Deterministic for a seed and thread count; resumes
+    from ``.pretrain_state.pt``."""
     from diffusers import DDPMScheduler, StableDiffusionPipeline
     from diffusers.training_utils import EMAModel
 
@@ -618,9 +624,10 @@ def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, u
     pipeline.save_pretrained(output_dir)
     info = {"seed": seed, "vae_steps": vae_steps, "unet_steps": unet_steps, "num_renders": num_renders,
             "mismatch_rate": mismatch_rate, "damage_rate": damage_rate, "caption_dropout": caption_dropout,
-            "batch_size": batch_size, "unet_lr": unet_lr, "vae_batch_size": vae_batch_size, "vae_lr": vae_lr, "vae_reconstruction_mse": reconstruction_mse, "scaling_factor": scaling_factor,
-            "ema_decay": ema_decay, "snr_gamma": snr_gamma, "vae_latent_noise": vae_latent_noise,
-            "prediction_type": prediction_type, "vae_seconds": round(timings.get("vae_s", 0.0), 1), "unet_seconds": round(timings.get("unet_s", 0.0), 1),
+            "batch_size": batch_size, "unet_lr": unet_lr, "vae_batch_size": vae_batch_size, "vae_lr": vae_lr,
+            "vae_reconstruction_mse": reconstruction_mse, "scaling_factor": scaling_factor, "ema_decay": ema_decay,
+            "snr_gamma": snr_gamma, "vae_latent_noise": vae_latent_noise, "prediction_type": prediction_type,
+            "vae_seconds": round(timings.get("vae_s", 0.0), 1), "unet_seconds": round(timings.get("unet_s", 0.0), 1),
             "torch": torch.__version__, "threads": torch.get_num_threads()}
     with open(os.path.join(output_dir, "pretraining.json"), "w") as f:
         json.dump(info, f, indent=2)

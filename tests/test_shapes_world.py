@@ -227,7 +227,7 @@ def _unet_state(path):
 
 @pytest.mark.parametrize("options", [{}, {"ema_decay": 0.9, "snr_gamma": 5.0},
                                      {"prediction_type": "v_prediction", "snr_gamma": 5.0, "unet_lr": 2e-3}],
-                         ids=["shipped-recipe", "ema-minsnr", "v-prediction"])
+                         ids=["defaults", "ema-minsnr", "v-prediction"])
 def test_pretraining_is_deterministic_and_a_stopped_run_resumes_to_the_same_weights(tmp_path, monkeypatch, options):
     import torch
 
@@ -258,7 +258,7 @@ def test_pretraining_is_deterministic_and_a_stopped_run_resumes_to_the_same_weig
 @pytest.mark.parametrize("options", [{"ema_decay": 0.9}, {"damage_rate": 0.5}, {"vae_latent_noise": 0.5},
                                      {"prediction_type": "v_prediction"}, {"unet_lr": 2e-3}],
                          ids=["ema", "web-damage", "vae-latent-noise", "v-prediction", "unet-lr"])
-def test_ema_and_web_damage_change_the_weights(tmp_path, options):
+def test_each_pretraining_option_changes_the_weights(tmp_path, options):
     import torch
 
     torch.set_num_threads(1)
