@@ -837,7 +837,8 @@ def make_video_preferences(model_dir: str, motion_adapter_dir: str, output_dir: 
         writer.writerow(["videoid", "caption", "reward_0", "reward_1", "label_0"])
         writer.writerows(pairs)
     summary = {"model": model_dir, "motion_adapter": motion_adapter_dir, "captions": len(captions), "seed": seed,
-               "margin": margin, "num_frames": num_frames, "ties": len(pairs) - len(winners),
+               "margin": margin, "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
+               "num_frames": num_frames, "ties": len(pairs) - len(winners),
                "mean_reward_all": float(np.mean([p[2] for p in pairs] + [p[3] for p in pairs])),
                "mean_reward_winners": float(np.mean([w[2] for w in winners])) if winners else None}
     with open(os.path.join(output_dir, "preferences.json"), "w") as f:
@@ -924,7 +925,9 @@ def parse_args(input_args=None):
     for command in (preferences, video_preferences, check):
         command.add_argument("--model", default="models/shapes-sd15")
         command.add_argument("--num_inference_steps", type=int, default=20)
-        command.add_argument("--guidance_scale", type=float, default=5.0)
+        command.add_argument("--guidance_scale", type=float, default=5.0,
+                             help="The shipped image pairs used 2: at 5 the v-prediction base is over-guided and its "
+                                  "pairs too alike to teach anything (README, 'The shapes world').")
     for command in (video_preferences, check):
         command.add_argument("--motion_adapter", default=None, help="A MotionAdapter folder: video instead of images.")
     for command in (preferences, video_preferences):

@@ -205,6 +205,8 @@ def test_video_preferences_write_chronomagic_winners_and_keep_losers(random_shap
     with open(out / "pairs.csv") as f:
         pairs = list(csv.DictReader(f))
     assert len(winners) == len(pairs) == 3 and summary["ties"] == 0
+    with open(out / "preferences.json") as f:  # the sampler settings travel with the data
+        assert json.load(f)["num_inference_steps"] == 2 == summary["num_inference_steps"]
     held = {s.caption for s in sw.video_split()[1]}
     for row in winners:
         assert row["name"] not in held and row["is_transmit"] == "1"
