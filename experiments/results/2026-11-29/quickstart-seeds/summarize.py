@@ -1,0 +1,35 @@
+"""results.md: the README quickstarts with training seeds 0 (the README's run), 1 and 2, on held-out captions
+(evaluation identical: the same prompts and generation seeds), plus the same recipe's seeds on 96 training captions (../quickstart-recipe-probe/probe.sh DATA DIR --seed N)."""
+import json
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.dirname(os.path.dirname(HERE))
+RUNS = [  # label, report.json, metric
+    ("image, held out, seed 0 (README)", os.path.join(RESULTS, "quickstart-2026-11-29-pairs-cfg2"), "shapes_reward"),
+    ("image, held out, seed 1", os.path.join(HERE, "quickstart-seed1"), "shapes_reward"),
+    ("image, held out, seed 2", os.path.join(HERE, "quickstart-seed2"), "shapes_reward"),
+    ("image, 96 training captions, seed 0", os.path.join(RESULTS, "2026-11-29", "quickstart-recipe-probe",
+                                                          "sspo_cfg2_eval5"), "shapes_reward"),
+    ("image, 96 training captions, seed 1", os.path.join(HERE, "train96-seed1"), "shapes_reward"),
+    ("image, 96 training captions, seed 2", os.path.join(HERE, "train96-seed2"), "shapes_reward"),
+    ("video, held out, seed 0 (README)", os.path.join(RESULTS, "video-quickstart-2026-11-29-pairs-cfg2"),
+     "shapes_video_reward"),
+    ("video, held out, seed 1", os.path.join(HERE, "quickstart-video-seed1"), "shapes_video_reward"),
+    ("video, held out, seed 2", os.path.join(HERE, "quickstart-video-seed2"), "shapes_video_reward"),
+]
+lines = ["| run | base | LoRA (95% CI) | LoRA - base | paired win rate |", "|---|---|---|---|---|"]
+for label, folder, metric in RUNS:
+    path = os.path.join(folder, "report.json")
+    if not os.path.exists(path):
+        lines.append(f"| {label} | not run | | | |")
+        continue
+    results = json.load(open(path))["results"]
+    (name,) = [n for n in results if n != "base"]
+    base, lora = results["base"][metric], results[name][metric]
+    win = lora["win_rate_vs_base"]
+    lines.append(f"| {label} | {base['mean']:.3f} | {lora['mean']:.3f} [{lora['ci_low']:.3f}, {lora['ci_high']:.3f}] | "
+                 f"{lora['mean'] - base['mean']:+.3f} | {100 * win['win_rate']:.1f}% [{100 * win['ci_low']:.1f}, "
+                 f"{100 * win['ci_high']:.1f}] |")
+open(os.path.join(HERE, "results.md"), "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
