@@ -16,8 +16,8 @@ model folder and an ordinary dataset.
     python shapes_world.py pretrain --output_dir models/shapes-sd15 --threads 2 --unet_steps 1800 \
         --prediction_type v_prediction --unet_lr 2e-3 --ema_decay 0.999           # the shipped base, ~30 min
     python shapes_world.py pretrain_video --model models/shapes-sd15 --output_dir models/shapes-motion-adapter
-    python shapes_world.py preferences --model models/shapes-sd15 --output_dir data/shapes-pickapic
-    python shapes_world.py video_preferences --model models/shapes-sd15 \
+    python shapes_world.py preferences --model models/shapes-sd15 --guidance_scale 2 --output_dir data/shapes-pickapic
+    python shapes_world.py video_preferences --model models/shapes-sd15 --guidance_scale 2 --num_captions 160 \
         --motion_adapter models/shapes-motion-adapter --output_dir data/shapes-chronomagic
     python shapes_world.py prompts --output_dir data      # train / held-out prompt files
     python shapes_world.py check --model models/shapes-sd15   # base reward vs renderer vs chance
@@ -925,9 +925,9 @@ def parse_args(input_args=None):
     for command in (preferences, video_preferences, check):
         command.add_argument("--model", default="models/shapes-sd15")
         command.add_argument("--num_inference_steps", type=int, default=20)
-        command.add_argument("--guidance_scale", type=float, default=5.0,
-                             help="The shipped image pairs used 2: at 5 the v-prediction base is over-guided and its "
-                                  "pairs too alike to teach anything (README, 'The shapes world').")
+        command.add_argument("--guidance_scale", type=float, default=5.0, help=None if command is check else
+                             "The shipped data used 2: at 5 the v-prediction base is over-guided and its pairs too "
+                             "alike to teach anything (README, 'The shapes world').")
     for command in (video_preferences, check):
         command.add_argument("--motion_adapter", default=None, help="A MotionAdapter folder: video instead of images.")
     for command in (preferences, video_preferences):

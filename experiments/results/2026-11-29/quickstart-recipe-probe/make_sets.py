@@ -1,9 +1,10 @@
-# probe datasets: perfect renders (upper bound) and low-CFG / DDPM base pairs
+# The perfect-render probe dataset: for each training caption a clean render (winner) and a render of a
+# one-attribute mismatch (loser). usage: make_sets.py OUTPUT_DIR (run with the repo at /work/main)
 import sys, os, io, random, json
 sys.path.insert(0, "/work/main")
 import numpy as np, datasets
 import shapes_world as sw
-kind = sys.argv[1]; out = sys.argv[2]
+out = sys.argv[1]
 train, _ = sw.image_split()
 rows = {k: [] for k in ("caption", "jpg_0", "jpg_1", "label_0", "label_1", "has_label", "are_different")}
 rng = random.Random(0)
