@@ -848,13 +848,16 @@ def make_video_preferences(model_dir: str, motion_adapter_dir: str, output_dir: 
 
 def write_prompt_files(output_dir: str, num_held_out: int = 32, num_train: int = 32, seed: int = 0) -> Dict[str, str]:
     """Evaluation prompt files (one caption per line): a fixed sample of held-out and of training
-    captions, for images and for videos. Returns {name: path}."""
+    captions, for images and for videos, and every held-out caption (``-all``), for evaluations that need
+    the power of the whole held-out set. Returns {name: path}."""
     rng = random.Random(seed)
     files = {}
     for kind, (train, held) in (("image", image_split()), ("video", video_split())):
-        for split, specs, count in (("heldout", held, num_held_out), ("train", train, num_train)):
+        for split, specs, count in (("heldout", held, num_held_out), ("train", train, num_train),
+                                    ("heldout-all", held, None)):
             name = f"shapes-{split}-{kind}-prompts.txt"
-            chosen = sorted(rng.sample(specs, min(count, len(specs))), key=lambda s: s.caption)
+            chosen = sorted(specs if count is None else rng.sample(specs, min(count, len(specs))),
+                            key=lambda s: s.caption)
             files[name] = os.path.join(output_dir, name)
             os.makedirs(output_dir, exist_ok=True)
             with open(files[name], "w") as f:
