@@ -1,5 +1,5 @@
 """Table of a probe folder's runs: base and LoRA mean shapes reward on the same prompts and seeds, the paired
-difference with a 95% bootstrap CI over prompts (1000 resamples, seed 0), and evaluate_sspo.py's win rate.
+difference with a 95% bootstrap CI over prompts (evaluate_sspo.bootstrap_ci), and evaluate_sspo.py's win rate.
 
     python experiments/results/2026-11-29/recipe-generalization-probe/summarize.py \
         experiments/results/2026-11-29/recipe-generalization-probe/seen-captions/runs
@@ -12,6 +12,9 @@ import os
 import sys
 
 import numpy as np
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), *[os.pardir] * 4)))
+from evaluate_sspo import bootstrap_ci  # noqa: E402
 
 
 def per_prompt_means(eval_dir):
@@ -32,11 +35,10 @@ for report_path in sorted(glob.glob(os.path.join(sys.argv[1], "*", "eval", "repo
     results = json.load(open(report_path))["results"]
     means = per_prompt_means(eval_dir)
     diff = np.array([means["sspo"][i] - means["base"][i] for i in sorted(means["base"])])
-    rng = np.random.default_rng(0)
-    boots = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(1000)]
+    low, high = bootstrap_ci(diff)
     win = results["sspo"]["shapes_reward"]["win_rate_vs_base"]
     flags = open(os.path.join(eval_dir, "..", "time.txt")).read().split("flags:")[-1].strip()
     print(f"| {run} | `{flags}` | {results['base']['shapes_reward']['mean']:.3f} | "
           f"{results['sspo']['shapes_reward']['mean']:.3f} | {diff.mean():+.4f} "
-          f"[{np.quantile(boots, 0.025):+.4f}, {np.quantile(boots, 0.975):+.4f}] | "
+          f"[{low:+.4f}, {high:+.4f}] | "
           f"{100 * win['win_rate']:.1f}% [{100 * win['ci_low']:.1f}, {100 * win['ci_high']:.1f}] |")
