@@ -1280,6 +1280,14 @@ def paired_win_rate(model_scores, base_scores, num_samples=1000, seed=0) -> Dict
             "ties": int((outcomes == 0.5).sum()), "losses": int((outcomes == 0).sum()), "n_prompts": len(outcomes)}
 
 
+def paired_difference(model_scores, base_scores, num_samples=1000, seed=0) -> Dict:
+    """Mean of the per-prompt differences model - base, with a bootstrap CI over prompts. The pairing
+    (same prompts, same seeds) removes the prompt-to-prompt spread that widens each model's own CI."""
+    differences = np.asarray(model_scores, np.float64) - np.asarray(base_scores, np.float64)
+    low, high = bootstrap_ci(differences, num_samples, seed)
+    return {"mean": float(differences.mean()), "ci_low": low, "ci_high": high, "n_prompts": len(differences)}
+
+
 def prompt_means(values: Dict[tuple, float], model: str) -> Dict[int, float]:
     """Average a model's per-image scores over the images of each prompt."""
     grouped = {}
@@ -1300,8 +1308,9 @@ def summarize(args, specs, per_item, set_level) -> Dict:
                      "n_prompts": len(means), "n_items": sum(1 for key in values if key[0] == spec.name)}
             if spec.name != "base":
                 shared = sorted(set(means) & set(base))
-                entry["win_rate_vs_base"] = paired_win_rate([means[i] for i in shared], [base[i] for i in shared],
-                                                            args.bootstrap_samples, args.seed)
+                pair = [means[i] for i in shared], [base[i] for i in shared]
+                entry["win_rate_vs_base"] = paired_win_rate(*pair, args.bootstrap_samples, args.seed)
+                entry["difference_vs_base"] = paired_difference(*pair, args.bootstrap_samples, args.seed)
             results[spec.name][name] = entry
     for name, values in set_level.items():
         for spec in specs:
@@ -1325,6 +1334,7 @@ def write_report(args, specs, prompts, results, notes, device) -> Dict:
         "seeds": f"image j of prompt i uses seed {args.seed} + i * {args.images_per_prompt} + j, for every model",
         "statistics": {"ci": f"95% percentile bootstrap over prompts, {args.bootstrap_samples} resamples, seed {args.seed}",
                        "win_rate": "share of prompts where the model's per-prompt mean beats the base's; ties count 0.5",
+                       "difference": "mean over prompts of the model's per-prompt mean minus the base's",
                        "set_level": "FID/FVD are one number per model (no CI, no win rate)"},
         "metrics": {name: {"label": METRICS[name].label, "description": METRICS[name].description,
                            "higher_is_better": METRICS[name].higher_is_better, **notes[name]} for name in args.metrics},
@@ -1358,12 +1368,17 @@ def markdown_report(args, specs, prompts, results, notes) -> str:
         lines.append(f"| {spec.name} | " + " | ".join(cells) + " |")
     paired = [name for name in available if not METRICS[name].set_level]
     if len(specs) > 1 and paired:
-        lines += ["", "Paired win rate vs base: share of prompts where the model scored higher (ties count 0.5), "
-                      "with 95% bootstrap CI.", "",
-                  "| model | " + " | ".join(METRICS[n].label for n in paired) + " |", "|---" * (len(paired) + 1) + "|"]
+        lines += ["", "Paired with the base (same prompts, same seeds): the mean per-prompt difference model - base, "
+                      "and the win rate, the share of prompts where the model scored higher (ties count 0.5); "
+                      "95% bootstrap CIs over prompts.", "",
+                  "| model | " + " | ".join(f"{METRICS[n].label}: difference | {METRICS[n].label}: win rate"
+                                            for n in paired) + " |", "|---" * (2 * len(paired) + 1) + "|"]
         for spec in specs[1:]:
-            cells = [f"{100 * w['win_rate']:.1f}% [{100 * w['ci_low']:.1f}, {100 * w['ci_high']:.1f}]"
-                     for w in (results[spec.name][name]["win_rate_vs_base"] for name in paired)]
+            cells = []
+            for name in paired:
+                d, w = (results[spec.name][name][key] for key in ("difference_vs_base", "win_rate_vs_base"))
+                cells += [f"{d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]",
+                          f"{100 * w['win_rate']:.1f}% [{100 * w['ci_low']:.1f}, {100 * w['ci_high']:.1f}]"]
             lines.append(f"| {spec.name} | " + " | ".join(cells) + " |")
     lines += ["", "Metrics:"]
     for name in args.metrics:

@@ -182,6 +182,15 @@ def test_paired_win_rate_on_fixed_numbers():
     assert (ties["win_rate"], ties["ci_low"], ties["ci_high"]) == (0.5, 0.5, 0.5)
 
 
+def test_paired_difference_on_fixed_numbers():
+    result = ev.paired_difference([3.0, 1.0, 2.0, 2.0], [1.0, 2.0, 2.0, 0.0], num_samples=2000, seed=0)
+    assert result["mean"] == pytest.approx(0.75)  # (2 - 1 + 0 + 2) / 4
+    assert result["ci_low"] < 0.75 < result["ci_high"] and result["n_prompts"] == 4
+    # A constant shift has no spread: the pairing makes its CI a point, however spread out the prompts are.
+    shifted = ev.paired_difference([10.1, -5.9, 0.1], [10.0, -6.0, 0.0])
+    assert shifted["ci_low"] == pytest.approx(0.1) and shifted["ci_high"] == pytest.approx(0.1)
+
+
 def test_bootstrap_ci_and_prompt_means():
     values = np.arange(100, dtype=float)
     low, high = ev.bootstrap_ci(values, num_samples=1000, seed=0)
@@ -511,6 +520,8 @@ def test_image_eval_writes_images_manifest_and_reports(image_run, scorer_files):
     markdown = (out / "report.md").read_text()
     assert "| model | PickScore ↑ | HPSv2 ↑ | Aesthetic ↑ | CLIP score ↑ |" in markdown
     assert "| sspo_random |" in markdown and "ties count 0.5" in markdown and "not comparable" in markdown
+    assert "| model | PickScore: difference | PickScore: win rate |" in markdown
+    assert "| sspo_zero | +0.000 [+0.000, +0.000] | 50.0% [50.0, 50.0] |" in markdown
     with Image.open(out / "grid.png") as grid:
         assert grid.width == 3 * 128 and grid.height > 3 * 128
 
@@ -525,6 +536,10 @@ def test_paired_seeds_a_zero_lora_reproduces_the_base(image_run):
             assert not np.array_equal(base, np.asarray(Image.open(out / "sspo_random" / name)))
     win = results["sspo_zero"]["pickscore"]["win_rate_vs_base"]
     assert (win["win_rate"], win["ties"], win["n_prompts"]) == (0.5, 3, 3)
+    difference = results["sspo_zero"]["pickscore"]["difference_vs_base"]
+    assert (difference["mean"], difference["ci_low"], difference["ci_high"]) == (0.0, 0.0, 0.0)
+    assert results["sspo_random"]["pickscore"]["difference_vs_base"]["mean"] == pytest.approx(
+        results["sspo_random"]["pickscore"]["mean"] - results["base"]["pickscore"]["mean"])
     assert results["sspo_zero"]["clip"]["mean"] == pytest.approx(results["base"]["clip"]["mean"])
 
 
