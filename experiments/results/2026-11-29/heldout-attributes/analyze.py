@@ -1,0 +1,87 @@
+"""Where the image quickstart's reward gain comes from, attribute by attribute.
+
+Reads evaluate_sspo.py output folders (base + LoRAs, images on disk), scores every image with
+shapes_world.reward_components, and writes per-attribute means and paired LoRA - base differences
+(bootstrap CI over captions, evaluate_sspo.paired_difference), overall and split by what the caption asks for.
+
+    python experiments/results/2026-11-29/heldout-attributes/analyze.py OUT.json EVAL_DIR [EVAL_DIR ...]
+"""
+import json
+import os
+import sys
+from collections import defaultdict
+
+import numpy as np
+from PIL import Image
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.abspath(os.path.join(HERE, "..", "..", "..", "..")))
+import evaluate_sspo as ev  # noqa: E402
+import shapes_world as sw  # noqa: E402
+
+ATTRIBUTES = ("color", "background", "shape", "size", "position")
+
+
+def caption_scores(eval_dir):
+    """{model: {prompt: {attribute: mean over the prompt's images}}} and {prompt: spec}."""
+    per_image = defaultdict(lambda: defaultdict(list))
+    with open(os.path.join(eval_dir, "manifest.jsonl")) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    for row in rows:
+        with Image.open(os.path.join(eval_dir, row["path"])) as image:
+            components = sw.reward_components(image, row["prompt"])
+        components["reward"] = float(np.mean([components[a] for a in ATTRIBUTES]))
+        per_image[row["model"]][row["prompt"]].append(components)
+    return {model: {prompt: {k: float(np.mean([c[k] for c in items])) for k in (*ATTRIBUTES, "reward")}
+                    for prompt, items in prompts.items()} for model, prompts in per_image.items()}
+
+
+def compare(scores, prompts, key):
+    base = [scores["base"][p][key] for p in prompts]
+    out = {"base": float(np.mean(base))}
+    for model in sorted(m for m in scores if m != "base"):
+        out[model] = ev.paired_difference([scores[model][p][key] for p in prompts], base)
+    return out
+
+
+def main(out_path, eval_dirs):
+    report = {}
+    for eval_dir in eval_dirs:
+        scores = caption_scores(eval_dir)
+        prompts = sorted(scores["base"])
+        entry = {"n_captions": len(prompts), "overall": {k: compare(scores, prompts, k) for k in (*ATTRIBUTES, "reward")}}
+        # Split by what the caption asks for: is the gain where the base is weak?
+        for field in ("shape", "size", "position", "color", "background"):
+            groups = defaultdict(list)
+            for p in prompts:
+                groups[getattr(sw.parse_caption(p), field)].append(p)
+            entry[f"by_{field}"] = {value: {"n": len(ps), "reward": compare(scores, ps, "reward")}
+                                    for value, ps in sorted(groups.items())}
+        # Shape kind x size word, every attribute: where does the shape score move?
+        cells = defaultdict(list)
+        for p in prompts:
+            spec = sw.parse_caption(p)
+            cells[f"{spec.size} {spec.shape}"].append(p)
+        entry["by_size_and_shape"] = {cell: {"n": len(ps), **{k: compare(scores, ps, k) for k in (*ATTRIBUTES, "reward")}}
+                                      for cell, ps in sorted(cells.items())}
+        report[os.path.basename(os.path.normpath(eval_dir))] = entry
+    with open(out_path, "w") as f:
+        json.dump(report, f, indent=1)
+    for name, entry in report.items():
+        print(f"## {name} ({entry['n_captions']} captions)")
+        models = sorted(m for m in entry["overall"]["reward"] if m != "base")
+        print("| attribute | base | " + " | ".join(f"{m} - base" for m in models) + " |")
+        for key in (*ATTRIBUTES, "reward"):
+            row = entry["overall"][key]
+            print(f"| {key} | {row['base']:.3f} | " + " | ".join(
+                f"{row[m]['mean']:+.3f} [{row[m]['ci_low']:+.3f}, {row[m]['ci_high']:+.3f}]" for m in models) + " |")
+        print("\n| caption asks for | n | base reward | reward: LoRA - base, mean of the LoRAs | shape score: base, "
+              "LoRA - base |")
+        for cell, row in entry["by_size_and_shape"].items():
+            mean_gain = {k: np.mean([row[k][m]["mean"] for m in models]) for k in ("reward", "shape")}
+            print(f"| {cell} | {row['n']} | {row['reward']['base']:.3f} | {mean_gain['reward']:+.3f} | "
+                  f"{row['shape']['base']:.3f}, {mean_gain['shape']:+.3f} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])
