@@ -373,6 +373,16 @@ def unique(runs: List[Run]) -> List[Run]:
     return list({run.name: run for run in runs}.values())
 
 
+def ssr_test_runs(args, parts: Dict[str, List[Run]], image_runs: List[Run], betas: Dict) -> List[Run]:
+    """The SSPO runs whose checkpoints the SSR test reads: the main part's (every seed), or, in a study
+    run without it, the SSPO runs with the study's default settings that another part trains."""
+    main = [run for run in parts.get("main", []) if run.method == "sspo"]
+    if main:
+        return main
+    return unique([run for run in image_runs if run.method == "sspo"
+                   and run.name == make_run(args, "sspo", run.seed, run.part, betas["sspo"]["beta"]).name])
+
+
 def main(args):
     os.makedirs(args.output_dir, exist_ok=True)
     started = time.time()
@@ -403,8 +413,8 @@ def main(args):
     if "ssr" in args.parts and not args.report_only:
         from experiments.ssr_agreement import measure_ssr_agreement
 
-        sspo_runs = [run for run in parts.get("main", []) if run.method == "sspo"]
-        measure_ssr_agreement(args, sspo_runs, os.path.join(args.output_dir, "ssr_agreement.json"), args.ssr_winners)
+        measure_ssr_agreement(args, ssr_test_runs(args, parts, image_runs, betas),
+                              os.path.join(args.output_dir, "ssr_agreement.json"), args.ssr_winners)
     from experiments.study_report import write_report
 
     write_report(args, betas, parts, sweep, time.time() - started)

@@ -154,10 +154,13 @@ def write_report(args, betas, parts, sweep, seconds):
     if getattr(args, "quick", False):
         md[1:1] = ["", "**A `--quick` run: a few steps of every part, to check that the study runs. Its numbers mean "
                        "nothing.**"]
-    md += ["## β, chosen on the training captions", "",
-           table([[m.upper(), f"{betas[m]['beta']:g}", ", ".join(f"β={b:g}: {r:.3f}" for b, r in
-                                                            sorted(betas[m]["train_reward_by_beta"].items()))]
-                  for m in ("dpo", "sspo")], ["method", "chosen β", "training-caption reward of each β (seed 0)"]), ""]
+    if len(args.beta_sweep) == 1:
+        md += ["## β", "", f"Not swept: every method uses `--beta_sweep {args.beta_sweep[0]:g}`.", ""]
+    else:
+        md += ["## β, chosen on the training captions", "",
+               table([[m.upper(), f"{betas[m]['beta']:g}", ", ".join(f"β={b:g}: {r:.3f}" for b, r in
+                                                                sorted(betas[m]["train_reward_by_beta"].items()))]
+                      for m in ("dpo", "sspo")], ["method", "chosen β", "training-caption reward of each β (seed 0)"]), ""]
 
     grids = {}
     for split in ("heldout", "train"):
@@ -222,12 +225,14 @@ def write_report(args, betas, parts, sweep, seconds):
                                 num_prompts=6)
                 else:  # a clean clone: evaluation images are not committed, the grid PNG is
                     print("evaluation images not found: grid_heldout.png left as it is", flush=True)
-    md += ["## Curves", "", "The gain over the base is paired (same prompts and sampling seeds), so its interval leaves "
-           "out how hard each prompt is; the plain reward's interval does not.", "",
-           "![gain vs step, held-out](gain_vs_step_heldout.png)", "", "![gain vs step, training captions](gain_vs_step_train.png)", "",
-           "![reward vs step, held-out](reward_vs_step_heldout.png)", "",
-           "![reward vs step, training captions](reward_vs_step_train.png)", "",
-           "![reward vs wall-clock](reward_vs_wallclock_heldout.png)", ""]
+    if parts.get("main"):  # the curves are drawn from the main runs only
+        md += ["## Curves", "", "The gain over the base is paired (same prompts and sampling seeds), so its interval "
+               "leaves out how hard each prompt is; the plain reward's interval does not.", "",
+               "![gain vs step, held-out](gain_vs_step_heldout.png)", "",
+               "![gain vs step, training captions](gain_vs_step_train.png)", "",
+               "![reward vs step, held-out](reward_vs_step_heldout.png)", "",
+               "![reward vs step, training captions](reward_vs_step_train.png)", "",
+               "![reward vs wall-clock](reward_vs_wallclock_heldout.png)", ""]
 
     sspo_main = method_of(parts.get("main", []), "sspo")
     if sspo_main:

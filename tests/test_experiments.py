@@ -43,6 +43,23 @@ def test_same_settings_in_two_parts_are_one_run(tmp_path):
     assert "sspo_b2000_seed0" in [r.name for r in sweep] and "dpo_b500_seed0" in [r.name for r in sweep]
 
 
+def test_ssr_test_reads_the_main_sspo_runs_or_else_the_default_sspo_run_of_another_part(tmp_path):
+    betas = {"dpo": {"beta": 2000.0}, "sspo": {"beta": 2000.0}}
+    args = study.parse_args(["--output_dir", str(tmp_path), "--beta_sweep", "2000"])
+    parts = study.study_runs(args, betas)
+    image_runs = study.unique(study.beta_runs(args) + [r for n, rs in parts.items() if n != "video" for r in rs])
+    chosen = study.ssr_test_runs(args, parts, image_runs, betas)
+    assert sorted(r.name for r in chosen) == [f"sspo_b2000_seed{s}" for s in range(3)]
+    args = study.parse_args(["--output_dir", str(tmp_path), "--beta_sweep", "2000", "--parts", "ablations", "snapshots"])
+    parts = study.study_runs(args, betas)
+    image_runs = study.unique(study.beta_runs(args) + [r for rs in parts.values() for r in rs])
+    # not the ablations (other losses) nor the snapshot sweep's other settings: only the default run
+    assert [r.name for r in study.ssr_test_runs(args, parts, image_runs, betas)] == ["sspo_b2000_seed0"]
+    args = study.parse_args(["--output_dir", str(tmp_path), "--beta_sweep", "2000", "--parts", "ablations"])
+    parts = study.study_runs(args, betas)
+    assert study.ssr_test_runs(args, parts, [r for rs in parts.values() for r in rs], betas) == []
+
+
 def test_probability_of_improvement_and_win_rate():
     low, high = np.zeros((3, 5)), np.ones((3, 5))
     assert study.probability_of_improvement(high, low) == 1.0
