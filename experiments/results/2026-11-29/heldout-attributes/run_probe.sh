@@ -1,5 +1,5 @@
 #!/bin/bash
-# README image quickstart LoRAs, seeds 0-2, then base + all three on held-out-all (90) and train96 captions, images kept
+# README image quickstart LoRAs, seeds 0-2 (run_seed.py copies each 32-caption report to ../quickstart-seeds/), then base + all three on held-out-all (90) and train96 captions, images kept
 cd /work/main
 for s in 0 1 2; do
   W=/work/p5/img/seed$s; mkdir -p $W
