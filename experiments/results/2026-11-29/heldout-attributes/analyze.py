@@ -1,7 +1,7 @@
-"""Where the image quickstart's reward gain comes from, attribute by attribute.
+"""Where the quickstarts' reward gain comes from, attribute by attribute.
 
-Reads evaluate_sspo.py output folders (base + LoRAs, images on disk), scores every image with
-shapes_world.reward_components, and writes per-attribute means and paired LoRA - base differences
+Reads evaluate_sspo.py output folders (base + LoRAs, images or videos on disk), scores every item with
+shapes_world.reward_components (video_reward_components for clips), and writes per-attribute means and paired LoRA - base differences
 (bootstrap CI over captions, evaluate_sspo.paired_difference), overall and split by what the caption asks for.
 
     python experiments/results/2026-11-29/heldout-attributes/analyze.py OUT.json EVAL_DIR [EVAL_DIR ...]
@@ -19,7 +19,16 @@ sys.path.insert(0, os.path.abspath(os.path.join(HERE, "..", "..", "..", "..")))
 import evaluate_sspo as ev  # noqa: E402
 import shapes_world as sw  # noqa: E402
 
-ATTRIBUTES = ("color", "background", "shape", "size", "position")
+IMAGE_ATTRIBUTES = ("color", "background", "shape", "size", "position")
+VIDEO_ATTRIBUTES = ("color", "background", "shape", "direction")
+
+
+def item_components(eval_dir, row):
+    path = os.path.join(eval_dir, row["path"])
+    if path.endswith((".mp4", ".gif")):
+        return sw.video_reward_components(ev.read_video_frames(path), row["prompt"])
+    with Image.open(path) as image:
+        return sw.reward_components(image, row["prompt"])
 
 
 def caption_scores(eval_dir):
@@ -28,11 +37,10 @@ def caption_scores(eval_dir):
     with open(os.path.join(eval_dir, "manifest.jsonl")) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     for row in rows:
-        with Image.open(os.path.join(eval_dir, row["path"])) as image:
-            components = sw.reward_components(image, row["prompt"])
-        components["reward"] = float(np.mean([components[a] for a in ATTRIBUTES]))
+        components = item_components(eval_dir, row)
+        components["reward"] = float(np.mean(list(components.values())))
         per_image[row["model"]][row["prompt"]].append(components)
-    return {model: {prompt: {k: float(np.mean([c[k] for c in items])) for k in (*ATTRIBUTES, "reward")}
+    return {model: {prompt: {k: float(np.mean([c[k] for c in items])) for k in items[0]}
                     for prompt, items in prompts.items()} for model, prompts in per_image.items()}
 
 
@@ -49,32 +57,39 @@ def main(out_path, eval_dirs):
     for eval_dir in eval_dirs:
         scores = caption_scores(eval_dir)
         prompts = sorted(scores["base"])
-        entry = {"n_captions": len(prompts), "overall": {k: compare(scores, prompts, k) for k in (*ATTRIBUTES, "reward")}}
+        video = sw.parse_caption(prompts[0]).direction is not None
+        attributes = VIDEO_ATTRIBUTES if video else IMAGE_ATTRIBUTES
+        entry = {"n_captions": len(prompts), "overall": {k: compare(scores, prompts, k) for k in (*attributes, "reward")}}
         # Split by what the caption asks for: is the gain where the base is weak?
-        for field in ("shape", "size", "position", "color", "background"):
+        for field in ("shape", "direction", "color", "background") if video else ("shape", "size", "position",
+                                                                                   "color", "background"):
             groups = defaultdict(list)
             for p in prompts:
                 groups[getattr(sw.parse_caption(p), field)].append(p)
             entry[f"by_{field}"] = {value: {"n": len(ps), "reward": compare(scores, ps, "reward")}
                                     for value, ps in sorted(groups.items())}
+        report[os.path.basename(os.path.normpath(eval_dir))] = entry
+        if video:
+            continue
         # Shape kind x size word, every attribute: where does the shape score move?
         cells = defaultdict(list)
         for p in prompts:
             spec = sw.parse_caption(p)
             cells[f"{spec.size} {spec.shape}"].append(p)
-        entry["by_size_and_shape"] = {cell: {"n": len(ps), **{k: compare(scores, ps, k) for k in (*ATTRIBUTES, "reward")}}
+        entry["by_size_and_shape"] = {cell: {"n": len(ps), **{k: compare(scores, ps, k) for k in (*attributes, "reward")}}
                                       for cell, ps in sorted(cells.items())}
-        report[os.path.basename(os.path.normpath(eval_dir))] = entry
     with open(out_path, "w") as f:
         json.dump(report, f, indent=1)
     for name, entry in report.items():
         print(f"## {name} ({entry['n_captions']} captions)")
         models = sorted(m for m in entry["overall"]["reward"] if m != "base")
         print("| attribute | base | " + " | ".join(f"{m} - base" for m in models) + " |")
-        for key in (*ATTRIBUTES, "reward"):
+        for key in entry["overall"]:
             row = entry["overall"][key]
             print(f"| {key} | {row['base']:.3f} | " + " | ".join(
                 f"{row[m]['mean']:+.3f} [{row[m]['ci_low']:+.3f}, {row[m]['ci_high']:+.3f}]" for m in models) + " |")
+        if "by_size_and_shape" not in entry:
+            continue
         print("\n| caption asks for | n | base reward | reward: LoRA - base, mean of the LoRAs | shape score: base, "
               "LoRA - base |")
         for cell, row in entry["by_size_and_shape"].items():

@@ -15,10 +15,12 @@ RUNS = [  # label, report.json, metric
     ("image, 96 training captions, seed 2", os.path.join(HERE, "train96-seed2"), "shapes_reward"),
     ("video, held out, seed 0 (README)", os.path.join(RESULTS, "video-quickstart-2026-11-29-pairs-cfg2"),
      "shapes_video_reward"),
+    ("video, held out, seed 0 (README, rerun)", os.path.join(HERE, "quickstart-video-seed0"), "shapes_video_reward"),
     ("video, held out, seed 1", os.path.join(HERE, "quickstart-video-seed1"), "shapes_video_reward"),
     ("video, held out, seed 2", os.path.join(HERE, "quickstart-video-seed2"), "shapes_video_reward"),
 ]
-lines = ["| run | base | LoRA (95% CI) | LoRA - base | paired win rate |", "|---|---|---|---|---|"]
+lines = ["| run | base | LoRA (95% CI) | LoRA - base (paired 95% CI, where the report has it) | paired win rate |",
+         "|---|---|---|---|---|"]
 for label, folder, metric in RUNS:
     path = os.path.join(folder, "report.json")
     if not os.path.exists(path):
@@ -28,8 +30,12 @@ for label, folder, metric in RUNS:
     (name,) = [n for n in results if n != "base"]
     base, lora = results["base"][metric], results[name][metric]
     win = lora["win_rate_vs_base"]
+    difference = f"{lora['mean'] - base['mean']:+.3f}"
+    if "difference_vs_base" in lora:  # reports written before evaluate_sspo.py gave it have the means only
+        d = lora["difference_vs_base"]
+        difference = f"{d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
     lines.append(f"| {label} | {base['mean']:.3f} | {lora['mean']:.3f} [{lora['ci_low']:.3f}, {lora['ci_high']:.3f}] | "
-                 f"{lora['mean'] - base['mean']:+.3f} | {100 * win['win_rate']:.1f}% [{100 * win['ci_low']:.1f}, "
+                 f"{difference} | {100 * win['win_rate']:.1f}% [{100 * win['ci_low']:.1f}, "
                  f"{100 * win['ci_high']:.1f}] |")
 open(os.path.join(HERE, "results.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
