@@ -180,7 +180,7 @@ def write_report(args, betas, parts, sweep, seconds):
                          fmt(entry["win_rate_vs_base"], 2),
                          fmt(entry["p_sspo_better"], 2) if "p_sspo_better" in entry else "-"])
         title = "held-out captions (never in any training set)" if split == "heldout" else "training captions"
-        md += [f"## Main comparison, {title}", "",
+        md += [f"## {'Main comparison' if main else 'Base'}, {title}", "",
                table(rows, ["method", "seeds", "reward", "gain vs base (paired)", "win rate vs base", "P(SSPO better)"]), ""]
         for part, label in (("ablations", "SSPO ablations (seed 0)"), ("snapshots", "Snapshot frequency (SSPO, seed 0)"),
                             ("sampling", "Self-sampling steps (SSPO, seed 0)")):
