@@ -64,7 +64,8 @@ METRICS = {
     "shapes_reward": MetricInfo("image", "Shapes reward", "ground-truth reward of the shapes world (shapes_world.py), "
                                                          "in [0, 1], computed from pixels with no learned model"),
     "shapes_video_reward": MetricInfo("video", "Shapes video reward", "ground-truth video reward of the shapes world "
-                                                                      "(colour, background, shape, direction of motion)"),
+                                                                      "(colour, background, shape, size, position, direction of "
+                                                                      "motion)"),
 }
 DEFAULT_METRICS = {"image": ["pickscore", "hpsv2", "aesthetic", "clip", "imagereward"],
                    "video": ["clipsim", "temporal_consistency"]}

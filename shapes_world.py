@@ -3,8 +3,9 @@
 preference alignment can be measured.
 
 Everything about the world lives here, in four parts:
-  1. the caption grammar ("a small red circle at the top left on a blue background"), with a fixed
-     set of held-out combinations that no training set ever contains;
+  1. the caption grammar ("a small red circle at the top left on a blue background", and for video
+     the same followed by ", moving left"), with a fixed set of held-out combinations that no training
+     set ever contains;
   2. the renderer, which draws exactly what a caption says;
   3. the ground-truth reward: a number in [0, 1] computed from pixels, no learned model;
   4. builders: the SD1.5-shaped pipeline and MotionAdapter, their pretraining, and Pick-a-Pic-style
@@ -63,8 +64,7 @@ POSITIONS = {  # phrase -> centre of the shape, as fractions of the image side (
     "at the bottom right": (0.72, 0.72),
 }
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
-VIDEO_SHAPE_SIDE = 0.40  # videos have no size word: one box side for all
-VIDEO_TRAVEL = 0.40  # how far a video's shape moves over the clip, as a fraction of the side
+VIDEO_TRAVEL = 0.20  # how far a video's shape moves over the clip, as a fraction of the image side
 HELD_OUT_FRACTION = 0.1
 DAMAGE_SEED_OFFSET = 7919  # web_damage draws from its own stream
 HELD_OUT_SEED = 2410  # fixed forever: changing it would leak held-out captions into training
@@ -73,7 +73,7 @@ IMAGE_SIZE = 32
 
 @dataclasses.dataclass(frozen=True)
 class ShapeSpec:
-    """What a caption asks for. ``size`` and ``position`` are set for images, ``direction`` for videos."""
+    """What a caption asks for. ``direction`` is set for videos only."""
     color: str
     shape: str
     background: str
@@ -83,9 +83,10 @@ class ShapeSpec:
 
     @property
     def caption(self) -> str:
-        if self.direction is not None:
-            return f"a {self.color} {self.shape} moving {self.direction} on a {self.background} background"
-        return f"a {self.size} {self.color} {self.shape} {self.position} on a {self.background} background"
+        image_caption = f"a {self.size} {self.color} {self.shape} {self.position} on a {self.background} background"
+        # The motion goes last: the image base reads its words by position, so a video caption
+        # starts with exactly the image caption it has learned to draw.
+        return image_caption if self.direction is None else f"{image_caption}, moving {self.direction}"
 
 
 def all_image_specs() -> List[ShapeSpec]:
@@ -95,9 +96,8 @@ def all_image_specs() -> List[ShapeSpec]:
 
 
 def all_video_specs() -> List[ShapeSpec]:
-    """Every video caption: 6 colours x 3 shapes x 5 backgrounds x 4 directions = 360."""
-    return [ShapeSpec(c, s, b, direction=d) for c, s, b, d in itertools.product(COLORS, SHAPES, COLORS, DIRECTIONS)
-            if b != c]
+    """Every video caption: an image caption and one of 4 directions, 900 x 4 = 3,600."""
+    return [dataclasses.replace(spec, direction=d) for spec in all_image_specs() for d in DIRECTIONS]
 
 
 def split_specs(specs: Sequence[ShapeSpec]):
@@ -116,26 +116,21 @@ def video_split():
 
 def parse_caption(caption: str) -> ShapeSpec:
     """The ShapeSpec a caption of the grammar asks for; ValueError for any other text."""
-    words = caption.strip().rstrip(".").split()
-    try:
-        if "moving" in words:  # a {color} {shape} moving {direction} on a {bg} background
-            a, color, shape, _, direction, on, a2, background, last = words
-            spec = ShapeSpec(color, shape, background, direction=direction)
-        else:  # a {size} {color} {shape} {position...} on a {bg} background
-            size, color, shape = words[1:4]
-            position = " ".join(words[4:-4])
-            spec = ShapeSpec(color, shape, words[-2], size, position)
-    except ValueError:
-        raise ValueError(f"not a shapes-world caption: {caption!r}") from None
-    if spec.caption != " ".join(words) or not _known(spec):
+    text = caption.strip().rstrip(".")
+    image_text, _, motion = text.partition(", moving ")  # video: "{image caption}, moving {direction}"
+    words = image_text.split()
+    if len(words) < 8 or (motion and len(motion.split()) != 1):
+        raise ValueError(f"not a shapes-world caption: {caption!r}")
+    size, color, shape = words[1:4]  # a {size} {color} {shape} {position...} on a {bg} background
+    spec = ShapeSpec(color, shape, words[-2], size, " ".join(words[4:-4]), motion or None)
+    if spec.caption != " ".join(text.split()) or not _known(spec):
         raise ValueError(f"not a shapes-world caption: {caption!r}")
     return spec
 
 
 def _known(spec: ShapeSpec) -> bool:
-    return (spec.color in COLORS and spec.background in COLORS and spec.shape in SHAPES
-            and (spec.direction in DIRECTIONS if spec.direction is not None
-                 else spec.size in SIZES and spec.position in POSITIONS))
+    return (spec.color in COLORS and spec.background in COLORS and spec.shape in SHAPES and spec.size in SIZES
+            and spec.position in POSITIONS and (spec.direction is None or spec.direction in DIRECTIONS))
 
 
 def grammar_words() -> List[str]:
@@ -177,23 +172,18 @@ def render(spec: ShapeSpec, image_size: int = IMAGE_SIZE, rng: Optional[random.R
 
 def render_video(spec: ShapeSpec, num_frames: int = 8, image_size: int = IMAGE_SIZE,
                  rng: Optional[random.Random] = None) -> List[Image.Image]:
-    """Frames of the shape moving ``VIDEO_TRAVEL`` of the side in the caption's direction, from a
-    start point (jittered by ``rng``) that keeps it inside the frame."""
+    """Frames of the captioned shape, of the named size, moving ``VIDEO_TRAVEL`` of the image side in
+    the named direction on a path centred on the named position (jittered by ``rng`` as ``render`` is).
+    A big shape near a corner moving outwards is cut by the frame edge on its last frames."""
     dx, dy = DIRECTIONS[spec.direction]
-    half = VIDEO_SHAPE_SIDE / 2
-    lo, hi = half + 0.02, 1 - half - 0.02  # centre range that keeps the shape inside
-    def start(d):  # along the motion: start where the travel still fits; across: anywhere
-        if d > 0:
-            return lo + (rng.uniform(0, hi - lo - VIDEO_TRAVEL) if rng else 0)
-        if d < 0:
-            return hi - (rng.uniform(0, hi - lo - VIDEO_TRAVEL) if rng else 0)
-        return rng.uniform(lo, hi) if rng else 0.5
-    x0, y0 = start(dx), start(dy)
+    jitter = (rng.uniform(-1, 1) / 32, rng.uniform(-1, 1) / 32) if rng else (0, 0)
+    center = POSITIONS[spec.position]
     frames = []
     for i in range(num_frames):
-        progress = VIDEO_TRAVEL * i / max(1, num_frames - 1)
+        progress = VIDEO_TRAVEL * (i / max(1, num_frames - 1) - 0.5)
         image = Image.new("RGB", (image_size, image_size), COLORS[spec.background])
-        box = _box((x0 + dx * progress, y0 + dy * progress), VIDEO_SHAPE_SIDE, image_size)
+        box = _box((center[0] + jitter[0] + dx * progress, center[1] + jitter[1] + dy * progress), SIZES[spec.size],
+                   image_size)
         _draw_shape(ImageDraw.Draw(image), spec.shape, box, COLORS[spec.color])
         frames.append(image)
     return frames
@@ -304,6 +294,20 @@ def _static_scores(array: np.ndarray, spec: ShapeSpec, side: float) -> Dict[str,
     return {**scores, "area": area, "center": (cx / n, cy / n)}
 
 
+def _size_score(area: float, spec: ShapeSpec, image_size: int) -> float:
+    ratio = area / _expected_area(spec.shape, SIZES[spec.size], image_size)
+    return math.exp(-(math.log(ratio) / SIZE_SIGMA) ** 2 / 2)
+
+
+def _position_score(center, spec: ShapeSpec) -> float:
+    distance = math.dist(center, POSITIONS[spec.position])
+    return math.exp(-(distance / POSITION_SIGMA) ** 2 / 2)
+
+
+def _as_array(image) -> np.ndarray:
+    return np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image).astype(np.float32)
+
+
 def reward_components(image, caption: str) -> Dict[str, float]:
     """Per-attribute scores in [0, 1] of an image (PIL or HxWx3 uint8) for a caption:
     color (pixels of the named shape colour), background, shape (kind, from the bounding-box fill),
@@ -311,18 +315,13 @@ def reward_components(image, caption: str) -> Dict[str, float]:
     spec = parse_caption(caption)
     if spec.direction is not None:
         raise ValueError(f"{caption!r} is a video caption; use video_reward_components")
-    array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image).astype(np.float32)
-    n = array.shape[0]
+    array = _as_array(image)
     stats = _static_scores(array, spec, SIZES[spec.size])
     scores = {k: stats[k] for k in ("color", "background", "shape")}
     if stats["center"] is None:
         return {**scores, "size": 0.0, "position": 0.0}
-    ratio = stats["area"] / _expected_area(spec.shape, SIZES[spec.size], n)
-    scores["size"] = math.exp(-(math.log(ratio) / SIZE_SIGMA) ** 2 / 2)
-    target = POSITIONS[spec.position]
-    distance = math.dist(stats["center"], target)
-    scores["position"] = math.exp(-(distance / POSITION_SIGMA) ** 2 / 2)
-    return scores
+    return {**scores, "size": _size_score(stats["area"], spec, array.shape[0]),
+            "position": _position_score(stats["center"], spec)}
 
 
 def reward(image, caption: str) -> float:
@@ -331,16 +330,20 @@ def reward(image, caption: str) -> float:
 
 
 def video_reward_components(frames, caption: str) -> Dict[str, float]:
-    """Per-attribute scores of a clip: color, background and shape averaged over frames, and
+    """Per-attribute scores of a clip: the image attributes averaged over frames (size and position
+    over the frames where the shape is found; the path is centred on the named position), and
     direction: the centroid's displacement from the first to the last frame where the shape is
     found, along the named direction, relative to half the rendered travel (clipped to [0, 1])."""
     spec = parse_caption(caption)
     if spec.direction is None:
         raise ValueError(f"{caption!r} is an image caption; use reward_components")
-    per_frame = [_static_scores(np.asarray(f.convert("RGB") if isinstance(f, Image.Image) else f).astype(np.float32),
-                                spec, VIDEO_SHAPE_SIDE) for f in frames]
+    arrays = [_as_array(f) for f in frames]
+    per_frame = [_static_scores(array, spec, SIZES[spec.size]) for array in arrays]
     scores = {k: float(np.mean([s[k] for s in per_frame])) for k in ("color", "background", "shape")}
-    centers = [s["center"] for s in per_frame if s["center"] is not None]
+    found = [s for s in per_frame if s["center"] is not None]
+    scores["size"] = float(np.sum([_size_score(s["area"], spec, arrays[0].shape[0]) for s in found])) / len(frames)
+    centers = [s["center"] for s in found]
+    scores["position"] = _position_score(tuple(np.mean(centers, axis=0)), spec) if centers else 0.0
     if len(centers) < 2:
         return {**scores, "direction": 0.0}
     dx, dy = DIRECTIONS[spec.direction]
@@ -350,7 +353,8 @@ def video_reward_components(frames, caption: str) -> Dict[str, float]:
 
 
 def video_reward(frames, caption: str) -> float:
-    """The ground-truth video reward: the mean of color, background, shape and direction, in [0, 1]."""
+    """The ground-truth video reward: the mean of the six attribute scores (the image's five and
+    direction), in [0, 1]."""
     return float(np.mean(list(video_reward_components(frames, caption).values())))
 
 
@@ -447,7 +451,7 @@ def to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
 
 def mismatch(spec: ShapeSpec, rng: random.Random) -> ShapeSpec:
     """The spec with one attribute changed at random: a "web-like" caption that misdescribes its image."""
-    field = rng.choice(["color", "shape", "background"] + (["direction"] if spec.direction else ["size", "position"]))
+    field = rng.choice(["color", "shape", "background", "size", "position"] + (["direction"] if spec.direction else []))
     choices = {"color": COLORS, "shape": SHAPES, "background": COLORS, "size": SIZES, "position": POSITIONS,
                "direction": DIRECTIONS}[field]
     value = rng.choice([v for v in choices if v != getattr(spec, field)

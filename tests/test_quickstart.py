@@ -87,6 +87,8 @@ def test_readme_video_quickstart_writes_the_motion_lora_card_and_a_paired_report
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason="issue 10: on the rebuilt video world the motion LoRA does not raise the "
+                                        "held-out reward (experiments/results/2026-11-29/video-world-v2/results.md)")
 def test_readme_video_quickstart_aligns_the_shapes_motion_model(video_quickstart):
     base, lora = held_out_rewards(video_quickstart / "sspo-shapes-video-eval" / "report.json", "shapes_video_reward")
     assert lora["mean"] > base["mean"], (base, lora)

@@ -19,7 +19,7 @@ import shapes_world as sw
 
 def test_grammar_sizes_and_round_trip():
     specs, videos = sw.all_image_specs(), sw.all_video_specs()
-    assert len(specs) == 900 and len(videos) == 360
+    assert len(specs) == 900 and len(videos) == 3600
     assert len({s.caption for s in specs}) == 900
     for spec in specs + videos:
         assert sw.parse_caption(spec.caption) == spec
@@ -27,7 +27,9 @@ def test_grammar_sizes_and_round_trip():
 
 @pytest.mark.parametrize("caption", ["a photo of an astronaut", "a small red circle at the top on a blue background",
                                      "a huge red circle in the center on a blue background",
-                                     "a red circle moving sideways on a blue background", ""])
+                                     "a red circle moving sideways on a blue background",
+                                     "a small red circle at the top left on a blue background, moving sideways",
+                                     "a red circle on a blue background, moving left", ""])
 def test_parse_caption_rejects_other_text(caption):
     with pytest.raises(ValueError, match="not a shapes-world caption"):
         sw.parse_caption(caption)
@@ -39,7 +41,14 @@ def test_held_out_split_is_fixed_and_disjoint():
     assert held == again_held and train == again_train
     assert len(held) == 90 and not {s.caption for s in train} & {s.caption for s in held}
     video_train, video_held = sw.video_split()
-    assert len(video_held) == 36 and not {s.caption for s in video_train} & {s.caption for s in video_held}
+    assert len(video_held) == 360 and not {s.caption for s in video_train} & {s.caption for s in video_held}
+
+
+def test_a_video_caption_starts_with_the_image_caption_the_base_learned():
+    # The image base reads its captions by token position (experiments/results/2026-11-29/video-base-diagnosis).
+    for spec in random.Random(0).sample(sw.all_video_specs(), 50):
+        still = dataclasses.replace(spec, direction=None)
+        assert spec.caption == f"{still.caption}, moving {spec.direction}"
 
 
 def test_prompt_files_hold_out_what_they_say(tmp_path):
@@ -120,7 +129,7 @@ def test_web_damage_washes_out_or_blurs_the_set_share_and_lowers_the_reward():
 
 
 def test_web_damage_treats_every_frame_of_a_clip_alike():
-    spec = sw.all_video_specs()[0]
+    spec = sw.parse_caption("a small red circle in the center on a blue background, moving left")  # corners: background
     for seed in range(20):
         clean = sw.render_video(spec)
         frames = sw.web_damage(clean, random.Random(seed), damage_rate=1.0)
@@ -141,12 +150,26 @@ def test_video_reward_checks_the_direction_of_motion():
     for spec in random.Random(2).sample(sw.all_video_specs(), 20):
         frames = sw.render_video(spec, rng=rng)
         right = sw.video_reward(frames, spec.caption)
-        assert right > 0.9
+        assert right > 0.85  # below 1 where a big shape near a corner leaves the frame
         assert sw.video_reward_components(frames[::-1], spec.caption)["direction"] == 0.0
         assert sw.video_reward_components([frames[0]] * len(frames), spec.caption)["direction"] == 0.0
         for direction in sw.DIRECTIONS:
-            if direction != spec.direction:
-                assert sw.video_reward(frames, dataclasses.replace(spec, direction=direction).caption) < right - 0.2
+            if direction != spec.direction:  # direction is one of six scores: a wrong one costs up to 1/6
+                assert sw.video_reward(frames, dataclasses.replace(spec, direction=direction).caption) < right - 0.12
+
+
+@pytest.mark.parametrize("field", ["color", "shape", "background", "size", "position"])
+def test_video_reward_checks_the_image_attributes_too(field):
+    values = {"color": sw.COLORS, "shape": sw.SHAPES, "background": sw.COLORS, "size": sw.SIZES,
+              "position": sw.POSITIONS}[field]
+    rng = random.Random(0)
+    for spec in random.Random(3).sample(sw.all_video_specs(), 20):
+        frames = sw.render_video(spec, rng=rng)
+        right = sw.video_reward(frames, spec.caption)
+        for value in values:
+            other = dataclasses.replace(spec, **{field: value})
+            if value != getattr(spec, field) and other.color != other.background:
+                assert sw.video_reward(frames, other.caption) < right - 0.05, (spec.caption, other.caption)
 
 
 def test_judge_labels_like_pick_a_pic():

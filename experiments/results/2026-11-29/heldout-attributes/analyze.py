@@ -1,5 +1,8 @@
 """Where the quickstarts' reward gain comes from, attribute by attribute.
 
+Captions must parse under the current grammar: the video results of 2026-11-29 before the video grammar
+changed (video_attributes.json) were made by this script's first version, at commit 3cf7829.
+
 Reads evaluate_sspo.py output folders (base + LoRAs, images or videos on disk), scores every item with
 shapes_world.reward_components (video_reward_components for clips), and writes per-attribute means and paired LoRA - base differences
 (bootstrap CI over captions, evaluate_sspo.paired_difference), overall and split by what the caption asks for.
@@ -19,8 +22,6 @@ sys.path.insert(0, os.path.abspath(os.path.join(HERE, "..", "..", "..", "..")))
 import evaluate_sspo as ev  # noqa: E402
 import shapes_world as sw  # noqa: E402
 
-IMAGE_ATTRIBUTES = ("color", "background", "shape", "size", "position")
-VIDEO_ATTRIBUTES = ("color", "background", "shape", "direction")
 
 
 def item_components(eval_dir, row):
@@ -58,11 +59,10 @@ def main(out_path, eval_dirs):
         scores = caption_scores(eval_dir)
         prompts = sorted(scores["base"])
         video = sw.parse_caption(prompts[0]).direction is not None
-        attributes = VIDEO_ATTRIBUTES if video else IMAGE_ATTRIBUTES
+        attributes = [k for k in scores["base"][prompts[0]] if k != "reward"]  # the reward's own components
         entry = {"n_captions": len(prompts), "overall": {k: compare(scores, prompts, k) for k in (*attributes, "reward")}}
         # Split by what the caption asks for: is the gain where the base is weak?
-        for field in ("shape", "direction", "color", "background") if video else ("shape", "size", "position",
-                                                                                   "color", "background"):
+        for field in ("shape", "size", "position", "color", "background") + (("direction",) if video else ()):
             groups = defaultdict(list)
             for p in prompts:
                 groups[getattr(sw.parse_caption(p), field)].append(p)

@@ -1,7 +1,7 @@
 """The README's image or video quickstart block with a different training seed (evaluation unchanged: the same
 held-out prompts and seeds), in a scratch folder; copies the report here as <marker>-seed<N>/.
 
-    python experiments/results/2026-11-29/quickstart-seeds/run_seed.py quickstart 1 /tmp/qs-seed1
+    python experiments/results/2026-11-29/quickstart-seeds/run_seed.py quickstart 1 /tmp/qs-seed1 [RESULTS_DIR]
 """
 import os
 import shutil
@@ -32,7 +32,7 @@ print("rc", result.returncode, "seconds", round(time.time() - start))
 if result.returncode:
     sys.exit(result.stderr[-3000:])
 eval_dir = "sspo-shapes-eval" if marker == "quickstart" else "sspo-shapes-video-eval"
-out = os.path.join(HERE, f"{marker}-seed{seed}")
+out = os.path.join(sys.argv[4] if len(sys.argv) > 4 else HERE, f"{marker}-seed{seed}")
 os.makedirs(out, exist_ok=True)
 for name in ("report.md", "report.json"):
     shutil.copy(os.path.join(scratch, eval_dir, name), out)

@@ -37,5 +37,7 @@ for label, folder, metric in RUNS:
     lines.append(f"| {label} | {base['mean']:.3f} | {lora['mean']:.3f} [{lora['ci_low']:.3f}, {lora['ci_high']:.3f}] | "
                  f"{difference} | {100 * win['win_rate']:.1f}% [{100 * win['ci_low']:.1f}, "
                  f"{100 * win['ci_high']:.1f}] |")
+lines += ["", "The video rows are the first video world (captions without size and position words). The rebuilt "
+               "world's video seeds: [../video-world-v2/results.md](../video-world-v2/results.md)."]
 open(os.path.join(HERE, "results.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))

@@ -1,0 +1,13 @@
+#!/bin/bash
+P=/work/p5/v2/probe.sh
+$P recipe & $P steps80 --max_train_steps 80 --snapshot_steps 20 & wait
+$P lr5e-4 --learning_rate 5e-4 & $P steps80_lr1e-3 --max_train_steps 80 --snapshot_steps 20 --learning_rate 1e-3 & wait
+cd /work/main
+L=/work/p5/v2/probe
+HF_HUB_OFFLINE=1 .venv/bin/python evaluate_sspo.py --pretrained_model_name_or_path models/shapes-sd15 \
+  --motion_adapter_name_or_path models/shapes-motion-adapter \
+  --lora_path $L/recipe/lora $L/steps80/lora $L/lr5e-4/lora $L/steps80_lr1e-3/lora \
+  --model_names recipe steps80 lr5e-4 steps80_lr1e-3 \
+  --prompts data/shapes-train-video-prompts.txt --metrics shapes_video_reward --num_frames 8 --images_per_prompt 2 \
+  --num_inference_steps 10 --guidance_scale 5 --generation_batch_size 16 --output_dir $L/eval-train32 > $L/eval.log 2>&1
+echo done > $L/done.txt
