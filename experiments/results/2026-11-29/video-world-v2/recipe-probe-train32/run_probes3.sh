@@ -1,0 +1,12 @@
+#!/bin/bash
+P=/work/p5/v2/probe.sh
+$P sscfg2 --self_sample_guidance_scale 2 & $P ssr_off --ssr off & wait
+cd /work/main
+L=/work/p5/v2/probe
+HF_HUB_OFFLINE=1 .venv/bin/python evaluate_sspo.py --pretrained_model_name_or_path models/shapes-sd15 \
+  --motion_adapter_name_or_path models/shapes-motion-adapter \
+  --lora_path $L/recipe/lora $L/steps80/lora $L/lr5e-4/lora $L/steps80_lr1e-3/lora $L/sft/lora $L/ss10/lora $L/sscfg2/lora $L/ssr_off/lora \
+  --model_names recipe steps80 lr5e-4 steps80_lr1e-3 sft ss10 sscfg2 ssr_off \
+  --prompts data/shapes-train-video-prompts.txt --metrics shapes_video_reward --num_frames 8 --images_per_prompt 2 \
+  --num_inference_steps 10 --guidance_scale 5 --generation_batch_size 16 --output_dir $L/eval-train32 > $L/eval3.log 2>&1
+echo done > $L/done3.txt
