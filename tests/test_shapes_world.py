@@ -83,6 +83,8 @@ def test_every_grammar_word_is_one_token(tmp_path):
 # --- the reward --------------------------------------------------------------------------------
 
 SAMPLE = random.Random(1).sample(sw.all_image_specs(), 60)
+ATTRIBUTE_VALUES = {"color": sw.COLORS, "shape": sw.SHAPES, "background": sw.COLORS, "size": sw.SIZES,
+                    "position": sw.POSITIONS}
 
 
 def test_renders_score_near_the_top():
@@ -92,10 +94,9 @@ def test_renders_score_near_the_top():
     assert all(0.0 <= s <= 1.0 for s in scores)
 
 
-@pytest.mark.parametrize("field", ["color", "shape", "background", "size", "position"])
+@pytest.mark.parametrize("field", list(ATTRIBUTE_VALUES))
 def test_changing_one_attribute_of_the_caption_lowers_the_score(field):
-    values = {"color": sw.COLORS, "shape": sw.SHAPES, "background": sw.COLORS, "size": sw.SIZES,
-              "position": sw.POSITIONS}[field]
+    values = ATTRIBUTE_VALUES[field]
     for spec in SAMPLE[:20]:
         image = sw.render(spec)
         right = sw.reward(image, spec.caption)
@@ -158,10 +159,9 @@ def test_video_reward_checks_the_direction_of_motion():
                 assert sw.video_reward(frames, dataclasses.replace(spec, direction=direction).caption) < right - 0.12
 
 
-@pytest.mark.parametrize("field", ["color", "shape", "background", "size", "position"])
+@pytest.mark.parametrize("field", list(ATTRIBUTE_VALUES))
 def test_video_reward_checks_the_image_attributes_too(field):
-    values = {"color": sw.COLORS, "shape": sw.SHAPES, "background": sw.COLORS, "size": sw.SIZES,
-              "position": sw.POSITIONS}[field]
+    values = ATTRIBUTE_VALUES[field]
     rng = random.Random(0)
     for spec in random.Random(3).sample(sw.all_video_specs(), 20):
         frames = sw.render_video(spec, rng=rng)
