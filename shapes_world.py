@@ -677,11 +677,19 @@ def generate(pipeline, captions: Sequence[str], seeds: Sequence[int], num_infere
 
 def pretrain_motion_adapter(model_dir: str, output_dir: str, seed: int = 0, steps: int = 600, num_clips: int = 4000,
                             num_frames: int = 8, batch_size: int = 8, mismatch_rate: float = 0.1, damage_rate: float = 0.0,
-                            caption_dropout: float = 0.1, save_every: int = 100) -> Dict:
+                            caption_dropout: float = 0.1, save_every: int = 100,
+                            video_model_dir: Optional[str] = None) -> Dict:
     """Pretrain a MotionAdapter for the shapes UNet on moving-shape clips, AnimateDiff-style: the
-    image UNet, VAE and text encoder stay frozen and only the motion modules learn (the base's
-    epsilon or v target on per-frame latents, b c f h w). Clips and captions are web-like as for the image model.
-    Held-out video combinations are never rendered. Resumes from ``.pretrain_state.pt``."""
+    VAE and text encoder stay frozen and the motion modules learn (the base's epsilon or v target on
+    per-frame latents, b c f h w). Clips and captions are web-like as for the image model.
+    Held-out video combinations are never rendered. Resumes from ``.pretrain_state.pt``.
+
+    Motion modules attend over frames only, never to the caption, so with a frozen image UNet the
+    direction word cannot reach them. With ``video_model_dir``, the image UNet's cross-attention
+    (attn2) learns too, and the result is saved there as a whole model folder: an SD1.5 fine-tune to
+    pair with the adapter, as AnimateDiff users pair community checkpoints (or v3's domain adapter).
+    Measured: it did not make the motion follow the word either (experiments/results/2026-11-29/
+    video-direction-probe), so the shipped adapter does not use it."""
     from diffusers import DDPMScheduler, MotionAdapter, UNetMotionModel
 
     os.makedirs(output_dir, exist_ok=True)
@@ -693,6 +701,10 @@ def pretrain_motion_adapter(model_dir: str, output_dir: str, seed: int = 0, step
                             motion_norm_num_groups=32, motion_max_seq_length=32)
     unet = UNetMotionModel.from_unet2d(base.unet, adapter)
     unet.freeze_unet2d_params()
+    if video_model_dir is not None:
+        for name, parameter in unet.named_parameters():
+            if ".attn2." in name and "motion_modules" not in name:
+                parameter.requires_grad_(True)
     rng = random.Random(seed)
     train_specs, _ = video_split()
     specs = [rng.choice(train_specs) for _ in range(num_clips)]
@@ -737,12 +749,18 @@ def pretrain_motion_adapter(model_dir: str, output_dir: str, seed: int = 0, step
                         generator=generator.get_state(), step=step + 1, seconds=time.perf_counter() - began)
             seconds = time.perf_counter() - began
     unet.eval().save_motion_modules(output_dir)
+    if video_model_dir is not None:
+        spatial = {k: v for k, v in unet.state_dict().items() if "motion_modules" not in k}
+        base.unet.load_state_dict(spatial)  # strict: the motion UNet's spatial keys are the 2D UNet's
+        base.save_pretrained(video_model_dir, safe_serialization=True)
     info = {"seed": seed, "steps": steps, "num_clips": num_clips, "num_frames": num_frames, "batch_size": batch_size,
             "mismatch_rate": mismatch_rate, "damage_rate": damage_rate, "caption_dropout": caption_dropout,
-            "seconds": round(seconds, 1),
-            "base_model": model_dir, "torch": torch.__version__, "threads": torch.get_num_threads()}
-    with open(os.path.join(output_dir, "pretraining.json"), "w") as f:
-        json.dump(info, f, indent=2)
+            "seconds": round(seconds, 1), "base_model": model_dir, "video_model": video_model_dir,
+            "trained": "motion modules + image UNet cross-attention" if video_model_dir else "motion modules",
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+    for directory in (output_dir, video_model_dir) if video_model_dir else (output_dir,):
+        with open(os.path.join(directory, "pretraining.json"), "w") as f:
+            json.dump(info, f, indent=2)
     os.remove(state_path)
     return info
 
@@ -917,6 +935,9 @@ def parse_args(input_args=None):
     video.add_argument("--steps", type=int, default=600)
     video.add_argument("--num_clips", type=int, default=4000)
     video.add_argument("--num_frames", type=int, default=8)
+    video.add_argument("--video_model_dir", default=None,
+                       help="Also train the image UNet's cross-attention, so that motion could follow the caption, "
+                            "and save that video base model folder here (not used by the shipped adapter).")
     for command in (pretrain, video):
         command.add_argument("--mismatch_rate", type=float, default=0.1,
                              help="Share of web-like captions that misdescribe their image by one attribute.")
@@ -966,7 +987,7 @@ def main(args):
     elif args.command == "pretrain_video":
         result = pretrain_motion_adapter(args.model, args.output_dir, args.seed, args.steps, args.num_clips,
                                          args.num_frames, mismatch_rate=args.mismatch_rate,
-                                         damage_rate=args.damage_rate)
+                                         damage_rate=args.damage_rate, video_model_dir=args.video_model_dir)
     elif args.command == "preferences":
         result = make_image_preferences(args.model, args.output_dir, args.seed, args.margin, args.num_inference_steps,
                                         args.guidance_scale, args.num_captions)

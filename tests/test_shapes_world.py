@@ -298,3 +298,25 @@ def test_each_pretraining_option_changes_the_weights(tmp_path, options):
     assert all(info[k] == v for k, v in options.items())
     with open(tmp_path / "changed" / "scheduler" / "scheduler_config.json") as f:
         assert json.load(f)["prediction_type"] == options.get("prediction_type", "epsilon")
+
+
+def test_video_pretraining_can_train_the_cross_attention_into_a_video_base_model(random_shapes_model, tmp_path):
+    """Motion modules never see the caption; with video_model_dir the image UNet's cross-attention
+    learns with them, and only it: the rest of the saved video base equals the image base."""
+    import torch
+    from diffusers import MotionAdapter
+
+    torch.set_num_threads(1)
+    info = sw.pretrain_motion_adapter(random_shapes_model, str(tmp_path / "adapter"), steps=2, num_clips=4,
+                                      num_frames=4, batch_size=2, save_every=1, video_model_dir=str(tmp_path / "video"))
+    image, video = _unet_state(random_shapes_model), _unet_state(tmp_path / "video")
+    assert set(image) == set(video)
+    changed = {k for k in image if not torch.equal(image[k], video[k])}
+    assert changed and all(".attn2." in k for k in changed)
+    assert any(".attn2.to_k." in k for k in changed)  # the caption's keys, where the direction word enters
+    MotionAdapter.from_pretrained(str(tmp_path / "adapter"))
+    for folder in ("adapter", "video"):
+        with open(tmp_path / folder / "pretraining.json") as f:
+            assert json.load(f)["trained"] == info["trained"] == "motion modules + image UNet cross-attention"
+    sw.load_pipeline(str(tmp_path / "video"), str(tmp_path / "adapter"))  # loads as an ordinary model folder
+    assert not os.path.exists(tmp_path / "adapter" / ".pretrain_state.pt")
