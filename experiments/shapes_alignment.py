@@ -95,6 +95,9 @@ def parse_args(input_args=None):
     parser.add_argument("--beta_sweep", type=float, nargs="+", default=[500.0, 2000.0, 8000.0])
     parser.add_argument("--checkpointing_steps", type=int, default=25, help="Checkpoints give the reward curves.")
     parser.add_argument("--video_steps", type=int, default=40)
+    parser.add_argument("--video_train_target", default="lora", choices=("lora", "motion_lora"),
+                        help="What the video runs train: lora (spatial and motion attention, as the README's video "
+                             "quickstart) or motion_lora (motion modules only, as the study's first video part).")
     parser.add_argument("--images_per_prompt", type=int, default=2)
     parser.add_argument("--eval_steps", type=int, default=20, help="DDIM steps of evaluation images.")
     parser.add_argument("--jobs", type=int, default=2, help="Runs at a time, one CPU thread each.")
@@ -141,6 +144,7 @@ def train_command(args, run: Run) -> List[str]:
                 "--video_folder", os.path.join(args.video_data, "videos"),
                 "--metadata_file", os.path.join(args.video_data, "ChronoMagic_train.csv"),
                 "--beta_schedule", "scaled_linear", "--num_frames", "8", "--sample_stride", "1",
+                "--train_target", args.video_train_target,
                 "--max_train_steps", str(args.video_steps), *common, *run.flags(args)]
     return [sys.executable, os.path.join(REPO_ROOT, "train_sspo_sd15.py"),
             "--pretrained_model_name_or_path", args.base_model, "--dataset_name", args.preference_data,
@@ -386,12 +390,13 @@ def ssr_test_runs(args, parts: Dict[str, List[Run]], image_runs: List[Run], beta
 def main(args):
     os.makedirs(args.output_dir, exist_ok=True)
     started = time.time()
-    sweep = beta_runs(args)
+    image_parts = set(args.parts) - {"video"}
+    sweep = beta_runs(args) if image_parts else []  # a video-only study trains no image run
     single_beta = len(args.beta_sweep) == 1  # nothing to choose: the sweep's runs join the main ones
-    if not args.report_only and not single_beta:
+    if not args.report_only and not single_beta and sweep:
         train_all(args, sweep)
         evaluate(args, sweep, "train")
-    if args.dry_run or single_beta:
+    if args.dry_run or single_beta or not sweep:
         betas = {m: {"beta": args.beta_sweep[len(args.beta_sweep) // 2], "train_reward_by_beta": {}}
                  for m in ("dpo", "sspo")}
     else:
@@ -403,8 +408,9 @@ def main(args):
     image_runs = unique(sweep + [run for name, runs in parts.items() if name != "video" for run in runs])
     video_runs = parts.get("video", [])
     if not args.report_only:
-        train_all(args, image_runs)
-        evaluate_splits(args, image_runs)
+        if image_runs:
+            train_all(args, image_runs)
+            evaluate_splits(args, image_runs)
         if video_runs:
             train_all(args, video_runs)
             evaluate_splits(args, video_runs, video=True)

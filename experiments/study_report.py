@@ -163,7 +163,7 @@ def write_report(args, betas, parts, sweep, seconds):
                       for m in ("dpo", "sspo")], ["method", "chosen β", "training-caption reward of each β (seed 0)"]), ""]
 
     grids = {}
-    for split in ("heldout", "train"):
+    for split in ("heldout", "train") if set(args.parts) - {"video"} else ():
         scores = read_scores(os.path.join(out, "eval", f"{split}-image"))
         base = prompt_matrix(scores, ["base"])
         results[split] = {"base": {"mean": bootstrap(mean_reward, [base])}}
@@ -267,7 +267,8 @@ def write_report(args, betas, parts, sweep, seconds):
                 row += [fmt(entry["mean"]), signed(entry["gain_vs_base"]), fmt(entry["win_rate_vs_base"], 2)]
             rows.append(row)
         md += ["## Video (AnimateDiff, moving shapes)", "",
-               f"{args.video_steps} optimizer steps, {args.seeds} seeds, 8 frames at 32 px.", "",
+               f"{args.video_steps} optimizer steps, {args.seeds} seeds, 8 frames at 32 px, "
+               f"`--train_target {getattr(args, 'video_train_target', 'motion_lora')}`.", "",
                table(rows, ["captions", "base", "SFT", "SFT gain (paired)", "SFT win rate", "SSPO", "SSPO gain (paired)",
                             "SSPO win rate"]), ""]
     if grids:

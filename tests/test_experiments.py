@@ -23,6 +23,8 @@ def test_every_launched_command_parses_with_the_real_trainers(tmp_path):
         parsed = trainer.parse_args(command[2:])
         assert parsed.seed == run.seed and parsed.max_train_steps == (args.video_steps if run.video else args.max_train_steps)
         assert parsed.learning_rate == args.learning_rate and parsed.train_batch_size == args.train_batch_size
+        if run.video:
+            assert parsed.train_target == args.video_train_target == "lora"  # the README video quickstart's
         if run.method != "sft":
             assert parsed.beta_dpo == run.beta
         if run.method == "spin":
@@ -113,3 +115,10 @@ def test_quick_study_runs_end_to_end_and_writes_its_report(tmp_path):
         assert heading.lower() in report.lower(), heading
     assert (out / "grid_heldout.png").stat().st_size > 0
     assert sorted(p.name for p in out.glob("*.png"))
+
+
+def test_a_video_only_study_trains_and_scores_no_image_run(tmp_path, capsys):
+    study.main(study.parse_args(["--output_dir", str(tmp_path), "--parts", "video", "--dry_run"]))
+    printed = capsys.readouterr().out
+    assert "train_sspo_animatediff.py" in printed and "shapes-heldout-video-prompts" in printed
+    assert "train_sspo_sd15.py" not in printed and "image-prompts" not in printed
