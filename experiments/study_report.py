@@ -146,7 +146,8 @@ def write_report(args, betas, parts, sweep, seconds):
           "and prompts. Win rate: the share of (prompt, seed) pairs where the method's mean reward beats the base's "
           "on the same sampling seeds (ties 0.5). P(SSPO better): the probability that an SSPO run beats a run of "
           "the other method on a prompt (rliable's probability of improvement, prompts as tasks).", "",
-          f"Training: {args.max_train_steps} optimizer steps, batch {args.train_batch_size}, LoRA rank {args.rank}, "
+          f"Training: {args.max_train_steps if set(args.parts) - {'video'} else args.video_steps} optimizer steps, "
+          f"batch {args.train_batch_size}, LoRA rank {args.rank}, "
           f"AdamW at {args.learning_rate:g} (constant), self-sampling {args.self_sample_steps} DDIM steps at CFG "
           f"{args.guidance_scale:g}, snapshots every {args.snapshot_steps} steps, the same for every method. "
           f"Machine: {results['machine']['cpu_model']} ({results['machine']['cpu_count']} cores), torch {results['machine']['torch']}, two runs "
