@@ -20,7 +20,7 @@ print("| run | clips | own word | any word (caption-blind) | variance share of t
 print("|---|---|---|---|---|")
 for path in sys.argv[1:]:
     rows = [r for r in json.load(open(path)) if r["disp"]]
-    half_travel = 0.2 if "vw5" in path or "vw6" in path else 0.1  # half of VIDEO_TRAVEL (0.4 in vw5 and vw6)
+    half_travel = 0.2 if path.startswith(("vw5", "vw6")) else 0.1  # half of VIDEO_TRAVEL (0.4 in vw5 and vw6)
     own = np.mean([score(r["disp"], DIRECTIONS[r["prompt"].rsplit(" ", 1)[1]], half_travel) for r in rows])
     blind = np.mean([np.mean([score(r["disp"], u, half_travel) for u in DIRECTIONS.values()]) for r in rows])
     groups = collections.defaultdict(list)
