@@ -373,6 +373,11 @@ def study_runs(args, betas: Dict) -> Dict[str, List[Run]]:
     return parts
 
 
+def has_image_parts(args) -> bool:
+    """Whether the study trains any image run (a video-only study does not)."""
+    return bool(set(args.parts) - {"video"})
+
+
 def unique(runs: List[Run]) -> List[Run]:
     return list({run.name: run for run in runs}.values())
 
@@ -390,8 +395,7 @@ def ssr_test_runs(args, parts: Dict[str, List[Run]], image_runs: List[Run], beta
 def main(args):
     os.makedirs(args.output_dir, exist_ok=True)
     started = time.time()
-    image_parts = set(args.parts) - {"video"}
-    sweep = beta_runs(args) if image_parts else []  # a video-only study trains no image run
+    sweep = beta_runs(args) if has_image_parts(args) else []
     single_beta = len(args.beta_sweep) == 1  # nothing to choose: the sweep's runs join the main ones
     if not args.report_only and not single_beta and sweep:
         train_all(args, sweep)

@@ -10,9 +10,9 @@ from typing import Dict, List
 import numpy as np
 
 from experiments.reward_grid import reward_grid
-from experiments.shapes_alignment import (MAIN_METHODS, METHOD_LABELS, Run, bootstrap, final_models, mean_difference,
-                                          mean_reward, parse_version, probability_of_improvement, prompt_matrix, read_scores,
-                                          run_dir, version_name, win_rate)
+from experiments.shapes_alignment import (MAIN_METHODS, METHOD_LABELS, Run, bootstrap, final_models, has_image_parts,
+                                          mean_difference, mean_reward, parse_version, probability_of_improvement,
+                                          prompt_matrix, read_scores, run_dir, version_name, win_rate)
 
 
 def method_of(runs: List[Run], method: str) -> List[Run]:
@@ -146,7 +146,7 @@ def write_report(args, betas, parts, sweep, seconds):
           "and prompts. Win rate: the share of (prompt, seed) pairs where the method's mean reward beats the base's "
           "on the same sampling seeds (ties 0.5). P(SSPO better): the probability that an SSPO run beats a run of "
           "the other method on a prompt (rliable's probability of improvement, prompts as tasks).", "",
-          f"Training: {args.max_train_steps if set(args.parts) - {'video'} else args.video_steps} optimizer steps, "
+          f"Training: {args.max_train_steps if has_image_parts(args) else args.video_steps} optimizer steps, "
           f"batch {args.train_batch_size}, LoRA rank {args.rank}, "
           f"AdamW at {args.learning_rate:g} (constant), self-sampling {args.self_sample_steps} DDIM steps at CFG "
           f"{args.guidance_scale:g}, snapshots every {args.snapshot_steps} steps, the same for every method. "
@@ -164,7 +164,7 @@ def write_report(args, betas, parts, sweep, seconds):
                       for m in ("dpo", "sspo")], ["method", "chosen β", "training-caption reward of each β (seed 0)"]), ""]
 
     grids = {}
-    for split in ("heldout", "train") if set(args.parts) - {"video"} else ():
+    for split in ("heldout", "train") if has_image_parts(args) else ():
         scores = read_scores(os.path.join(out, "eval", f"{split}-image"))
         base = prompt_matrix(scores, ["base"])
         results[split] = {"base": {"mean": bootstrap(mean_reward, [base])}}
@@ -269,7 +269,7 @@ def write_report(args, betas, parts, sweep, seconds):
             rows.append(row)
         md += ["## Video (AnimateDiff, moving shapes)", "",
                f"{args.video_steps} optimizer steps, {args.seeds} seeds, 8 frames at 32 px, "
-               f"`--train_target {getattr(args, 'video_train_target', 'motion_lora')}`.", "",
+               f"`--train_target {args.video_train_target}`.", "",
                table(rows, ["captions", "base", "SFT", "SFT gain (paired)", "SFT win rate", "SSPO", "SSPO gain (paired)",
                             "SSPO win rate"]), ""]
     if grids:
