@@ -32,6 +32,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -67,6 +68,7 @@ DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 VIDEO_TRAVEL = 0.20  # how far a video's shape moves over the clip, as a fraction of the image side
 HELD_OUT_FRACTION = 0.1
 DAMAGE_SEED_OFFSET = 7919  # web_damage draws from its own stream
+DECODER_SEED_OFFSET = 104729  # so does the decoder fine-tune (phase 3)
 HELD_OUT_SEED = 2410  # fixed forever: changing it would leak held-out captions into training
 IMAGE_SIZE = 32
 
@@ -504,13 +506,68 @@ def denoising_step(unet, noise_scheduler, clean, text_embeddings, optimizer, par
     return loss
 
 
+def pretraining_renders(seed: int, num_renders: int, mismatch_rate: float, damage_rate: float):
+    """The image pretraining set: ``num_renders`` renders of training captions (a tensor in [-1, 1]) and
+    their web-like captions, the same for a seed wherever it is rebuilt."""
+    rng = random.Random(seed)
+    train_specs, _ = image_split()
+    specs = [rng.choice(train_specs) for _ in range(num_renders)]
+    damage_rng = random.Random(seed + DAMAGE_SEED_OFFSET)  # its own stream: renders and captions as without damage
+    images = to_tensor([web_damage([render(spec, rng=rng)], damage_rng, damage_rate)[0] for spec in specs])
+    captions = [(mismatch(s, rng) if rng.random() < mismatch_rate else s).caption for s in specs]
+    return images, captions
+
+
+def encode_means(vae, images: torch.Tensor) -> torch.Tensor:
+    """Posterior means of the images (unscaled), in the chunks pretraining uses, so a rebuild matches."""
+    with torch.no_grad():
+        return torch.cat([vae.encode(chunk).latent_dist.mean for chunk in images.split(500)])
+
+
+def finetune_decoder(vae, images: torch.Tensor, means: torch.Tensor, steps: int, seed: int = 0,
+                     batch_size: int = 32, lr: float = 1e-3) -> Dict:
+    """Phase 3 of pretraining: train the VAE's decoder (and post_quant_conv) alone to reconstruct the
+    renders from their frozen posterior means, as sd-vae-ft-mse did for SD1.5. The encoder does not
+    change, so the latent space, and the UNet and motion adapter trained in it, stay valid. Why: the
+    800-step VAE blurs edges, and the reward's palette check drops blurred pixels, so perfect renders
+    scored only 0.725 after a round trip (shape 0.39, size 0.48; experiments/results/2026-11-29/
+    vae-ceiling). Returns the reconstruction MSE before and after (first 500 renders) and the seconds."""
+    vae.requires_grad_(False).eval()
+    decoder_parameters = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+
+    def reconstruction_mse():
+        with torch.no_grad():
+            return float(torch.nn.functional.mse_loss(vae.decode(means[:500]).sample, images[:500]))
+
+    before = reconstruction_mse()
+    for parameter in decoder_parameters:
+        parameter.requires_grad_(True)
+    optimizer = torch.optim.AdamW(decoder_parameters, lr=lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed + DECODER_SEED_OFFSET)
+    began = time.perf_counter()
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, steps, lr, warmup=20)
+        index = torch.randint(0, len(images), (batch_size,), generator=generator)
+        loss = torch.nn.functional.mse_loss(vae.decode(means[index]).sample, images[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if (step + 1) % 50 == 0:
+            _log(f"decoder step {step + 1}/{steps} loss {loss.item():.4f}")
+    seconds = time.perf_counter() - began
+    vae.requires_grad_(False)
+    return {"decoder_steps": steps, "decoder_batch_size": batch_size, "decoder_lr": lr,
+            "decoder_mse_before": before, "decoder_mse_after": reconstruction_mse(), "decoder_seconds": round(seconds, 1)}
+
+
 def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, unet_steps: int = 1300,
                          num_renders: int = 20000, mismatch_rate: float = 0.1, damage_rate: float = 0.0,
                          caption_dropout: float = 0.1,
                          batch_size: int = 64, vae_batch_size: int = 16, vae_lr: float = 2e-3,
                          save_every: int = 250, ema_decay: Optional[float] = None,
                          snr_gamma: Optional[float] = None, vae_latent_noise: Optional[float] = None,
-                         unet_lr: float = 1e-3, prediction_type: str = "epsilon") -> Dict:
+                         unet_lr: float = 1e-3, prediction_type: str = "epsilon", decoder_steps: int = 0) -> Dict:
     """Pretrain the shapes-world StableDiffusionPipeline from scratch and save it to ``output_dir``.
 
     Phase 1 trains the VAE on renders (MSE + 1e-6 KL, batch ``vae_batch_size``) and sets ``scaling_factor`` to 1/std of the
@@ -522,8 +579,9 @@ def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, u
     instead of their last weights; ``snr_gamma`` weights the loss by Min-SNR. ``vae_latent_noise``
     decodes latents with Gaussian noise of that std relative to the batch's latent std (instead of the
     posterior's tiny std), so that the decoder maps a whole neighbourhood of each code to a clean
-    render. ``prediction_type`` "v_prediction" trains on SD2's v target. The shipped base is
-    prediction_type "v_prediction", unet_lr 2e-3, ema_decay 0.999, unet_steps 1800, 2 threads; the
+    render. ``prediction_type`` "v_prediction" trains on SD2's v target. Phase 3 (``decoder_steps``)
+    fine-tunes the VAE's decoder alone (``finetune_decoder``). The shipped base is prediction_type
+    "v_prediction", unet_lr 2e-3, ema_decay 0.999, unet_steps 1800, decoder_steps 250, 2 threads; the
     defaults are the previous, epsilon recipe. Deterministic for a seed and thread count; resumes
     from ``.pretrain_state.pt``."""
     from diffusers import DDPMScheduler, StableDiffusionPipeline
@@ -534,12 +592,7 @@ def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, u
     state = torch.load(state_path, weights_only=True) if os.path.isfile(state_path) else None
     components = build_shapes_components(seed, prediction_type)
     vae, unet, text_encoder, tokenizer = (components[k] for k in ("vae", "unet", "text_encoder", "tokenizer"))
-    rng = random.Random(seed)
-    train_specs, _ = image_split()
-    specs = [rng.choice(train_specs) for _ in range(num_renders)]
-    damage_rng = random.Random(seed + DAMAGE_SEED_OFFSET)  # its own stream: renders and captions as without damage
-    images = to_tensor([web_damage([render(spec, rng=rng)], damage_rng, damage_rate)[0] for spec in specs])
-    captions = [(mismatch(s, rng) if rng.random() < mismatch_rate else s).caption for s in specs]
+    images, captions = pretraining_renders(seed, num_renders, mismatch_rate, damage_rate)
     input_ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     empty_ids = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
     generator = torch.Generator().manual_seed(seed)
@@ -578,8 +631,8 @@ def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, u
             _save_state(state_path, vae=vae.state_dict(), vae_optimizer=vae_optimizer.state_dict(),
                         generator=generator.get_state(), vae_step=step + 1, timings=timings)
     vae.requires_grad_(False).eval()
+    means = encode_means(vae, images)
     with torch.no_grad():
-        means = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in images.split(500)])
         reconstruction_mse = float(torch.nn.functional.mse_loss(vae.decode(means[:500]).sample, images[:500]))
     scaling_factor = float(1.0 / means.std())
     vae.register_to_config(scaling_factor=scaling_factor)
@@ -623,6 +676,9 @@ def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, u
                         **({"ema": ema.state_dict()} if ema is not None else {}))
     if ema is not None:
         ema.copy_to(parameters)
+
+    # Phase 3: the decoder alone (the latent space the UNet learned stays as it is).
+    decoder_info = finetune_decoder(vae, images, means, decoder_steps, seed) if decoder_steps else {"decoder_steps": 0}
     pipeline = StableDiffusionPipeline(**{**components, "unet": unet.eval(), "text_encoder": text_encoder.eval()},
                                        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipeline.save_pretrained(output_dir)
@@ -632,10 +688,38 @@ def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, u
             "vae_reconstruction_mse": reconstruction_mse, "scaling_factor": scaling_factor, "ema_decay": ema_decay,
             "snr_gamma": snr_gamma, "vae_latent_noise": vae_latent_noise, "prediction_type": prediction_type,
             "vae_seconds": round(timings.get("vae_s", 0.0), 1), "unet_seconds": round(timings.get("unet_s", 0.0), 1),
-            "torch": torch.__version__, "threads": torch.get_num_threads()}
+            **decoder_info, "torch": torch.__version__, "threads": torch.get_num_threads()}
     with open(os.path.join(output_dir, "pretraining.json"), "w") as f:
         json.dump(info, f, indent=2)
     os.remove(state_path)
+    return info
+
+
+def finetune_shipped_decoder(model_dir: str, steps: int) -> Dict:
+    """Run phase 3 on an already pretrained model folder, in place: re-render its pretraining set from
+    its pretraining.json, fine-tune the decoder as ``pretrain --decoder_steps`` would, then swap the new
+    ``vae`` folder in atomically. Gives the weights a whole rebuild gives (same seed and threads)."""
+    from diffusers import AutoencoderKL
+
+    info_path = os.path.join(model_dir, "pretraining.json")
+    with open(info_path) as f:
+        info = json.load(f)
+    if info.get("decoder_steps"):
+        raise ValueError(f"{model_dir}'s decoder is already fine-tuned ({info['decoder_steps']} steps); a second "
+                         "round would match no rebuild. Start from a model pretrained with --decoder_steps 0.")
+    images, _ = pretraining_renders(info["seed"], info["num_renders"], info["mismatch_rate"], info["damage_rate"])
+    vae = AutoencoderKL.from_pretrained(os.path.join(model_dir, "vae"))
+    decoder_info = finetune_decoder(vae, images, encode_means(vae, images), steps, info["seed"])
+    staging, old = os.path.join(model_dir, ".vae.new"), os.path.join(model_dir, ".vae.old")
+    shutil.rmtree(staging, ignore_errors=True)
+    vae.save_pretrained(staging, safe_serialization=True)
+    os.replace(os.path.join(model_dir, "vae"), old)
+    os.replace(staging, os.path.join(model_dir, "vae"))
+    shutil.rmtree(old)
+    info.update(decoder_info, decoder_threads=torch.get_num_threads())
+    with open(info_path + ".tmp", "w") as f:
+        json.dump(info, f, indent=2)
+    os.replace(info_path + ".tmp", info_path)
     return info
 
 
@@ -929,6 +1013,12 @@ def parse_args(input_args=None):
     pretrain.add_argument("--unet_lr", type=float, default=1e-3, help="Peak learning rate of the UNet and text encoder.")
     pretrain.add_argument("--vae_latent_noise", type=float, default=None,
                           help="Train the VAE decoder on latents noised by this fraction of their std (e.g. 0.5).")
+    pretrain.add_argument("--decoder_steps", type=int, default=0,
+                          help="Phase 3: fine-tune the VAE decoder alone for this many steps (the shipped base: 250).")
+    decoder = commands.add_parser("finetune_decoder",
+                                  help="Phase 3 alone, in place, on a model pretrained with --decoder_steps 0.")
+    decoder.add_argument("--model", default="models/shapes-sd15")
+    decoder.add_argument("--decoder_steps", type=int, default=250)
     video = commands.add_parser("pretrain_video", help="Pretrain a MotionAdapter for the image model's UNet.")
     video.add_argument("--model", default="models/shapes-sd15")
     video.add_argument("--output_dir", default="models/shapes-motion-adapter")
@@ -944,9 +1034,10 @@ def parse_args(input_args=None):
         command.add_argument("--damage_rate", type=float, default=0.0,
                              help="Share of web-like pictures that are washed out or blurred (web_damage); the "
                                   "shipped weights used 0.")
+    for command in (pretrain, video, decoder):
         command.add_argument("--threads", type=int, default=1,
-                             help="CPU threads. The shipped weights were made with 1; the same seed and thread count "
-                                  "give the same weights.")
+                             help="CPU threads. The shipped image model was made with 2, its motion adapter with 1; "
+                                  "the same seed and thread count give the same weights.")
     preferences = commands.add_parser("preferences", help="Pick-a-Pic-format pairs judged by the reward.")
     video_preferences = commands.add_parser("video_preferences", help="ChronoMagic-layout winners (and losers).")
     check = commands.add_parser("check", help="Reward of the base model vs the renderer and chance on a prompt file.")
@@ -976,14 +1067,16 @@ def parse_args(input_args=None):
 
 
 def main(args):
-    if args.command in ("pretrain", "pretrain_video"):
+    if args.command in ("pretrain", "pretrain_video", "finetune_decoder"):
         torch.set_num_threads(args.threads)
     if args.command == "pretrain":
         result = pretrain_image_model(args.output_dir, args.seed, args.vae_steps, args.unet_steps, args.num_renders,
                                       args.mismatch_rate, args.damage_rate, ema_decay=args.ema_decay,
                                       snr_gamma=args.snr_gamma, vae_latent_noise=args.vae_latent_noise,
                                       batch_size=args.batch_size, unet_lr=args.unet_lr,
-                                      prediction_type=args.prediction_type)
+                                      prediction_type=args.prediction_type, decoder_steps=args.decoder_steps)
+    elif args.command == "finetune_decoder":
+        result = finetune_shipped_decoder(args.model, args.decoder_steps)
     elif args.command == "pretrain_video":
         result = pretrain_motion_adapter(args.model, args.output_dir, args.seed, args.steps, args.num_clips,
                                          args.num_frames, mismatch_rate=args.mismatch_rate,

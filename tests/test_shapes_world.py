@@ -300,6 +300,36 @@ def test_each_pretraining_option_changes_the_weights(tmp_path, options):
         assert json.load(f)["prediction_type"] == options.get("prediction_type", "epsilon")
 
 
+def test_decoder_phase_trains_only_the_decoder_and_the_in_place_run_matches_a_rebuild(tmp_path):
+    """Phase 3 must leave the encoder (the UNet's latent space) and the UNet exactly as they were, lower the
+    reconstruction error, and give the same VAE whether run inside pretraining or on the saved model."""
+    import torch
+    from safetensors.torch import load_file
+
+    def vae_state(path):
+        return load_file(os.path.join(path, "vae", "diffusion_pytorch_model.safetensors"))
+
+    torch.set_num_threads(1)
+    _tiny_pretraining(tmp_path / "in-place")
+    info = _tiny_pretraining(tmp_path / "rebuilt", decoder_steps=25)
+    assert info["decoder_steps"] == 25 and info["decoder_mse_after"] < info["decoder_mse_before"]
+    before, rebuilt = vae_state(tmp_path / "in-place"), vae_state(tmp_path / "rebuilt")
+    changed = {k for k in before if not torch.equal(before[k], rebuilt[k])}
+    assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed)
+    unet = _unet_state(tmp_path / "in-place")
+    assert all(torch.equal(unet[k], v) for k, v in _unet_state(tmp_path / "rebuilt").items())
+
+    sw.finetune_shipped_decoder(str(tmp_path / "in-place"), 25)
+    after = vae_state(tmp_path / "in-place")
+    assert all(torch.equal(after[k], rebuilt[k]) for k in rebuilt)
+    assert sorted(os.listdir(tmp_path / "in-place")) == sorted(os.listdir(tmp_path / "rebuilt"))
+    with open(tmp_path / "in-place" / "pretraining.json") as f:
+        assert json.load(f)["decoder_mse_after"] == info["decoder_mse_after"]
+    with pytest.raises(ValueError, match="already fine-tuned"):
+        sw.finetune_shipped_decoder(str(tmp_path / "in-place"), 25)
+    assert all(torch.equal(v, after[k]) for k, v in vae_state(tmp_path / "in-place").items())
+
+
 def test_video_pretraining_can_train_the_cross_attention_into_a_video_base_model(random_shapes_model, tmp_path):
     """Motion modules never see the caption; with video_model_dir the image UNet's cross-attention
     learns with them, and only it: the rest of the saved video base equals the image base."""
