@@ -713,6 +713,12 @@ def finetune_shipped_decoder(model_dir: str, steps: int) -> Dict:
     staging, old = os.path.join(model_dir, ".vae.new"), os.path.join(model_dir, ".vae.old")
     shutil.rmtree(staging, ignore_errors=True)
     vae.save_pretrained(staging, safe_serialization=True)
+    with open(os.path.join(staging, "config.json")) as f:
+        config = json.load(f)
+    config.pop("_name_or_path", None)  # where it was loaded from: a rebuild's config has no such key
+    with open(os.path.join(staging, "config.json"), "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
     os.replace(os.path.join(model_dir, "vae"), old)
     os.replace(staging, os.path.join(model_dir, "vae"))
     shutil.rmtree(old)

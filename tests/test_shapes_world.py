@@ -323,6 +323,10 @@ def test_decoder_phase_trains_only_the_decoder_and_the_in_place_run_matches_a_re
     after = vae_state(tmp_path / "in-place")
     assert all(torch.equal(after[k], rebuilt[k]) for k in rebuilt)
     assert sorted(os.listdir(tmp_path / "in-place")) == sorted(os.listdir(tmp_path / "rebuilt"))
+    for name in ("in-place", "rebuilt"):
+        with open(tmp_path / name / "vae" / "config.json") as f:
+            config = json.load(f)
+        assert "_name_or_path" not in config
     with open(tmp_path / "in-place" / "pretraining.json") as f:
         assert json.load(f)["decoder_mse_after"] == info["decoder_mse_after"]
     with pytest.raises(ValueError, match="already fine-tuned"):
