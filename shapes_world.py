@@ -15,7 +15,7 @@ The trainers and ``sspo_utils`` know nothing of this file: the world reaches the
 model folder and an ordinary dataset.
 
     python shapes_world.py pretrain --output_dir models/shapes-sd15 --threads 2 --unet_steps 1800 \
-        --prediction_type v_prediction --unet_lr 2e-3 --ema_decay 0.999           # the shipped base, ~30 min
+        --prediction_type v_prediction --unet_lr 2e-3 --ema_decay 0.999 --decoder_steps 250  # the shipped base, ~30 min
     python shapes_world.py pretrain_video --model models/shapes-sd15 --output_dir models/shapes-motion-adapter
     python shapes_world.py preferences --model models/shapes-sd15 --guidance_scale 2 --output_dir data/shapes-pickapic
     python shapes_world.py video_preferences --model models/shapes-sd15 --guidance_scale 2 --num_captions 160 \
