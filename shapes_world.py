@@ -698,7 +698,8 @@ def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, u
 def finetune_shipped_decoder(model_dir: str, steps: int) -> Dict:
     """Run phase 3 on an already pretrained model folder, in place: re-render its pretraining set from
     its pretraining.json, fine-tune the decoder as ``pretrain --decoder_steps`` would, then swap the new
-    ``vae`` folder in atomically. Gives the weights a whole rebuild gives (same seed and threads)."""
+    ``vae`` folder in atomically. Runs at the pretraining's thread count, so it gives the weights a whole
+    rebuild gives."""
     from diffusers import AutoencoderKL
 
     info_path = os.path.join(model_dir, "pretraining.json")
@@ -707,6 +708,7 @@ def finetune_shipped_decoder(model_dir: str, steps: int) -> Dict:
     if info.get("decoder_steps"):
         raise ValueError(f"{model_dir}'s decoder is already fine-tuned ({info['decoder_steps']} steps); a second "
                          "round would match no rebuild. Start from a model pretrained with --decoder_steps 0.")
+    torch.set_num_threads(info["threads"])
     images, _ = pretraining_renders(info["seed"], info["num_renders"], info["mismatch_rate"], info["damage_rate"])
     vae = AutoencoderKL.from_pretrained(os.path.join(model_dir, "vae"))
     decoder_info = finetune_decoder(vae, images, encode_means(vae, images), steps, info["seed"])
@@ -719,10 +721,10 @@ def finetune_shipped_decoder(model_dir: str, steps: int) -> Dict:
     with open(os.path.join(staging, "config.json"), "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
         f.write("\n")
-    os.replace(os.path.join(model_dir, "vae"), old)
+    os.replace(os.path.join(model_dir, "vae"), old)  # a stop between these two leaves the old VAE in .vae.old
     os.replace(staging, os.path.join(model_dir, "vae"))
     shutil.rmtree(old)
-    info.update(decoder_info, decoder_threads=torch.get_num_threads())
+    info.update(decoder_info)
     with open(info_path + ".tmp", "w") as f:
         json.dump(info, f, indent=2)
     os.replace(info_path + ".tmp", info_path)
@@ -1022,7 +1024,8 @@ def parse_args(input_args=None):
     pretrain.add_argument("--decoder_steps", type=int, default=0,
                           help="Phase 3: fine-tune the VAE decoder alone for this many steps (the shipped base: 250).")
     decoder = commands.add_parser("finetune_decoder",
-                                  help="Phase 3 alone, in place, on a model pretrained with --decoder_steps 0.")
+                                  help="Phase 3 alone, in place, on a model pretrained with --decoder_steps 0 "
+                                       "(at the thread count its pretraining.json records).")
     decoder.add_argument("--model", default="models/shapes-sd15")
     decoder.add_argument("--decoder_steps", type=int, default=250)
     video = commands.add_parser("pretrain_video", help="Pretrain a MotionAdapter for the image model's UNet.")
@@ -1040,7 +1043,7 @@ def parse_args(input_args=None):
         command.add_argument("--damage_rate", type=float, default=0.0,
                              help="Share of web-like pictures that are washed out or blurred (web_damage); the "
                                   "shipped weights used 0.")
-    for command in (pretrain, video, decoder):
+    for command in (pretrain, video):
         command.add_argument("--threads", type=int, default=1,
                              help="CPU threads. The shipped image model was made with 2, its motion adapter with 1; "
                                   "the same seed and thread count give the same weights.")
@@ -1073,7 +1076,7 @@ def parse_args(input_args=None):
 
 
 def main(args):
-    if args.command in ("pretrain", "pretrain_video", "finetune_decoder"):
+    if args.command in ("pretrain", "pretrain_video"):
         torch.set_num_threads(args.threads)
     if args.command == "pretrain":
         result = pretrain_image_model(args.output_dir, args.seed, args.vae_steps, args.unet_steps, args.num_renders,
