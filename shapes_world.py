@@ -524,6 +524,12 @@ def encode_means(vae, images: torch.Tensor) -> torch.Tensor:
         return torch.cat([vae.encode(chunk).latent_dist.mean for chunk in images.split(500)])
 
 
+def reconstruction_mse(vae, images: torch.Tensor, means: torch.Tensor) -> float:
+    """MSE of decoding the first 500 posterior means against their renders: the VAE's number in pretraining.json."""
+    with torch.no_grad():
+        return float(torch.nn.functional.mse_loss(vae.decode(means[:500]).sample, images[:500]))
+
+
 def finetune_decoder(vae, images: torch.Tensor, means: torch.Tensor, steps: int, seed: int = 0,
                      batch_size: int = 32, lr: float = 1e-3) -> Dict:
     """Phase 3 of pretraining: train the VAE's decoder (and post_quant_conv) alone to reconstruct the
@@ -534,12 +540,7 @@ def finetune_decoder(vae, images: torch.Tensor, means: torch.Tensor, steps: int,
     vae-ceiling). Returns the reconstruction MSE before and after (first 500 renders) and the seconds."""
     vae.requires_grad_(False).eval()
     decoder_parameters = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
-
-    def reconstruction_mse():
-        with torch.no_grad():
-            return float(torch.nn.functional.mse_loss(vae.decode(means[:500]).sample, images[:500]))
-
-    before = reconstruction_mse()
+    before = reconstruction_mse(vae, images, means)
     for parameter in decoder_parameters:
         parameter.requires_grad_(True)
     optimizer = torch.optim.AdamW(decoder_parameters, lr=lr, weight_decay=0.0)
@@ -558,7 +559,8 @@ def finetune_decoder(vae, images: torch.Tensor, means: torch.Tensor, steps: int,
     seconds = time.perf_counter() - began
     vae.requires_grad_(False)
     return {"decoder_steps": steps, "decoder_batch_size": batch_size, "decoder_lr": lr,
-            "decoder_mse_before": before, "decoder_mse_after": reconstruction_mse(), "decoder_seconds": round(seconds, 1)}
+            "decoder_mse_before": before, "decoder_mse_after": reconstruction_mse(vae, images, means),
+            "decoder_seconds": round(seconds, 1)}
 
 
 def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, unet_steps: int = 1300,
@@ -632,12 +634,11 @@ def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, u
                         generator=generator.get_state(), vae_step=step + 1, timings=timings)
     vae.requires_grad_(False).eval()
     means = encode_means(vae, images)
-    with torch.no_grad():
-        reconstruction_mse = float(torch.nn.functional.mse_loss(vae.decode(means[:500]).sample, images[:500]))
+    vae_mse = reconstruction_mse(vae, images, means)
     scaling_factor = float(1.0 / means.std())
     vae.register_to_config(scaling_factor=scaling_factor)
     latents = means * scaling_factor
-    _log(f"vae done: reconstruction MSE {reconstruction_mse:.4f}, scaling_factor {scaling_factor:.4f}")
+    _log(f"vae done: reconstruction MSE {vae_mse:.4f}, scaling_factor {scaling_factor:.4f}")
 
     # Phase 2: UNet + text encoder.
     noise_scheduler = DDPMScheduler.from_config(components["scheduler"].config)
@@ -685,7 +686,7 @@ def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, u
     info = {"seed": seed, "vae_steps": vae_steps, "unet_steps": unet_steps, "num_renders": num_renders,
             "mismatch_rate": mismatch_rate, "damage_rate": damage_rate, "caption_dropout": caption_dropout,
             "batch_size": batch_size, "unet_lr": unet_lr, "vae_batch_size": vae_batch_size, "vae_lr": vae_lr,
-            "vae_reconstruction_mse": reconstruction_mse, "scaling_factor": scaling_factor, "ema_decay": ema_decay,
+            "vae_reconstruction_mse": vae_mse, "scaling_factor": scaling_factor, "ema_decay": ema_decay,
             "snr_gamma": snr_gamma, "vae_latent_noise": vae_latent_noise, "prediction_type": prediction_type,
             "vae_seconds": round(timings.get("vae_s", 0.0), 1), "unet_seconds": round(timings.get("unet_s", 0.0), 1),
             **decoder_info, "torch": torch.__version__, "threads": torch.get_num_threads()}
