@@ -771,7 +771,7 @@ def generate(pipeline, captions: Sequence[str], seeds: Sequence[int], num_infere
 def pretrain_motion_adapter(model_dir: str, output_dir: str, seed: int = 0, steps: int = 600, num_clips: int = 4000,
                             num_frames: int = 8, batch_size: int = 8, mismatch_rate: float = 0.1, damage_rate: float = 0.0,
                             caption_dropout: float = 0.1, save_every: int = 100,
-                            video_model_dir: Optional[str] = None) -> Dict:
+                            video_model_dir: Optional[str] = None, train_text_encoder: bool = False) -> Dict:
     """Pretrain a MotionAdapter for the shapes UNet on moving-shape clips, AnimateDiff-style: the
     VAE and text encoder stay frozen and the motion modules learn (the base's epsilon or v target on
     per-frame latents, b c f h w). Clips and captions are web-like as for the image model.
@@ -782,9 +782,15 @@ def pretrain_motion_adapter(model_dir: str, output_dir: str, seed: int = 0, step
     (attn2) learns too, and the result is saved there as a whole model folder: an SD1.5 fine-tune to
     pair with the adapter, as AnimateDiff users pair community checkpoints (or v3's domain adapter).
     Measured: it did not make the motion follow the word either (experiments/results/2026-11-29/
-    video-direction-probe), so the shipped adapter does not use it."""
+    video-direction-probe), so the shipped adapter does not use it.
+
+    ``train_text_encoder`` (with ``video_model_dir``) trains the text encoder too: the image model's
+    encoder never saw "moving", "up" or "down" (still images have no motion), so those tokens keep
+    their random initial embeddings and "up" and "down" reach the UNet almost alike."""
     from diffusers import DDPMScheduler, MotionAdapter, UNetMotionModel
 
+    if train_text_encoder and video_model_dir is None:
+        raise ValueError("train_text_encoder needs video_model_dir: the trained text encoder is saved there")
     os.makedirs(output_dir, exist_ok=True)
     state_path = os.path.join(output_dir, ".pretrain_state.pt")
     base = load_pipeline(model_dir)
@@ -813,35 +819,46 @@ def pretrain_motion_adapter(model_dir: str, output_dir: str, seed: int = 0, step
         embeddings = torch.cat([text_encoder(chunk)[0] for chunk in ids.split(256)])
     caption_index = torch.tensor([distinct.index(c) for c in captions])
     noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)
-    parameters = [p for p in unet.parameters() if p.requires_grad]
+    text_encoder.requires_grad_(train_text_encoder)
+    parameters = [p for p in unet.parameters() if p.requires_grad] + [p for p in text_encoder.parameters()
+                                                                      if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=1e-3, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(seed)
     start, seconds = 0, 0.0
     if os.path.isfile(state_path):
         state = torch.load(state_path, weights_only=True)
         unet.load_state_dict(state["unet"])
+        if train_text_encoder:
+            text_encoder.load_state_dict(state["text_encoder"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         start, seconds = state["step"], state["seconds"]
     began = time.perf_counter() - seconds
     unet.train()
+    text_encoder.train(train_text_encoder)
+
+    def frame_embeddings(text_index):
+        # Since diffusers 0.31 the motion UNet wants one text embedding per frame.
+        chosen = text_encoder(ids[text_index])[0] if train_text_encoder else embeddings[text_index]
+        return chosen.repeat_interleave(num_frames, dim=0)
+
     for step in range(start, steps):
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, steps, 1e-3, warmup=50)
         index = torch.randint(0, num_clips, (batch_size,), generator=generator)
         text_index = caption_index[index].clone()
         text_index[torch.rand(batch_size, generator=generator) < caption_dropout] = len(distinct) - 1
-        # Since diffusers 0.31 the motion UNet wants one text embedding per frame.
-        loss = denoising_step(unet, noise_scheduler, latents[index],
-                               lambda: embeddings[text_index].repeat_interleave(num_frames, dim=0), optimizer,
-                               parameters, generator)
+        loss = denoising_step(unet, noise_scheduler, latents[index], lambda: frame_embeddings(text_index), optimizer,
+                              parameters, generator)
         if (step + 1) % 25 == 0:
             _log(f"motion step {step + 1}/{steps} loss {loss.item():.4f}")
         if (step + 1) % save_every == 0 or step + 1 == steps:
-            _save_state(state_path, unet=unet.state_dict(), optimizer=optimizer.state_dict(),
-                        generator=generator.get_state(), step=step + 1, seconds=time.perf_counter() - began)
+            _save_state(state_path, unet=unet.state_dict(), text_encoder=text_encoder.state_dict(),
+                        optimizer=optimizer.state_dict(), generator=generator.get_state(), step=step + 1,
+                        seconds=time.perf_counter() - began)
             seconds = time.perf_counter() - began
     unet.eval().save_motion_modules(output_dir)
+    text_encoder.eval()
     if video_model_dir is not None:
         spatial = {k: v for k, v in unet.state_dict().items() if "motion_modules" not in k}
         base.unet.load_state_dict(spatial)  # strict: the motion UNet's spatial keys are the 2D UNet's
@@ -849,7 +866,8 @@ def pretrain_motion_adapter(model_dir: str, output_dir: str, seed: int = 0, step
     info = {"seed": seed, "steps": steps, "num_clips": num_clips, "num_frames": num_frames, "batch_size": batch_size,
             "mismatch_rate": mismatch_rate, "damage_rate": damage_rate, "caption_dropout": caption_dropout,
             "seconds": round(seconds, 1), "base_model": model_dir, "video_model": video_model_dir,
-            "trained": "motion modules + image UNet cross-attention" if video_model_dir else "motion modules",
+            "trained": ("motion modules" + (" + image UNet cross-attention" if video_model_dir else "")
+                        + (" + text encoder" if train_text_encoder else "")),
             "torch": torch.__version__, "threads": torch.get_num_threads()}
     for directory in (output_dir, video_model_dir) if video_model_dir else (output_dir,):
         with open(os.path.join(directory, "pretraining.json"), "w") as f:
@@ -1038,6 +1056,8 @@ def parse_args(input_args=None):
     video.add_argument("--video_model_dir", default=None,
                        help="Also train the image UNet's cross-attention, so that motion could follow the caption, "
                             "and save that video base model folder here (not used by the shipped adapter).")
+    video.add_argument("--train_text_encoder", action="store_true",
+                       help="With --video_model_dir: train the text encoder too, which never saw the direction words.")
     for command in (pretrain, video):
         command.add_argument("--mismatch_rate", type=float, default=0.1,
                              help="Share of web-like captions that misdescribe their image by one attribute.")
@@ -1071,6 +1091,8 @@ def parse_args(input_args=None):
     for command in (pretrain, video, preferences, video_preferences, check, prompts):
         command.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(input_args)
+    if args.command == "pretrain_video" and args.train_text_encoder and not args.video_model_dir:
+        parser.error("--train_text_encoder needs --video_model_dir")
     if args.command == "video_preferences" and not args.motion_adapter:
         parser.error("video_preferences needs --motion_adapter")
     return args
@@ -1090,7 +1112,8 @@ def main(args):
     elif args.command == "pretrain_video":
         result = pretrain_motion_adapter(args.model, args.output_dir, args.seed, args.steps, args.num_clips,
                                          args.num_frames, mismatch_rate=args.mismatch_rate,
-                                         damage_rate=args.damage_rate, video_model_dir=args.video_model_dir)
+                                         damage_rate=args.damage_rate, video_model_dir=args.video_model_dir,
+                                         train_text_encoder=args.train_text_encoder)
     elif args.command == "preferences":
         result = make_image_preferences(args.model, args.output_dir, args.seed, args.margin, args.num_inference_steps,
                                         args.guidance_scale, args.num_captions)

@@ -354,3 +354,34 @@ def test_video_pretraining_can_train_the_cross_attention_into_a_video_base_model
             assert json.load(f)["trained"] == info["trained"] == "motion modules + image UNet cross-attention"
     sw.load_pipeline(str(tmp_path / "video"), str(tmp_path / "adapter"))  # loads as an ordinary model folder
     assert not os.path.exists(tmp_path / "adapter" / ".pretrain_state.pt")
+
+
+def _text_encoder_state(model_dir):
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(model_dir, "text_encoder", "model.safetensors"))
+
+
+def test_video_pretraining_can_train_the_text_encoder_which_never_saw_the_direction_words(random_shapes_model,
+                                                                                          tmp_path):
+    """train_text_encoder: the saved video base's text encoder learns too (the image model's never saw
+    "up" or "down"); without it, the text encoder stays the image base's; it needs video_model_dir."""
+    import torch
+
+    torch.set_num_threads(1)
+    common = dict(steps=2, num_clips=4, num_frames=4, batch_size=2, save_every=1)
+    with pytest.raises(ValueError, match="needs video_model_dir"):
+        sw.pretrain_motion_adapter(random_shapes_model, str(tmp_path / "no"), train_text_encoder=True, **common)
+    info = sw.pretrain_motion_adapter(random_shapes_model, str(tmp_path / "adapter"), video_model_dir=str(tmp_path / "te"),
+                                      train_text_encoder=True, **common)
+    assert info["trained"] == "motion modules + image UNet cross-attention + text encoder"
+    image, trained = _text_encoder_state(random_shapes_model), _text_encoder_state(tmp_path / "te")
+    assert set(image) == set(trained) and any(not torch.equal(image[k], trained[k]) for k in image)
+    image_unet = _unet_state(random_shapes_model)
+    changed_unet = {k for k, v in _unet_state(tmp_path / "te").items() if not torch.equal(v, image_unet[k])}
+    assert changed_unet and all(".attn2." in k for k in changed_unet)
+    sw.pretrain_motion_adapter(random_shapes_model, str(tmp_path / "adapter2"), video_model_dir=str(tmp_path / "frozen"),
+                               **common)
+    frozen = _text_encoder_state(tmp_path / "frozen")
+    assert all(torch.equal(image[k], frozen[k]) for k in image)
+    sw.load_pipeline(str(tmp_path / "te"), str(tmp_path / "adapter"))
