@@ -1,16 +1,19 @@
 # Can a motion adapter (+ the image UNet's cross-attention) learn to follow the direction word at all, in the
-# easiest case: ONE image caption, 4 directions, no mismatched captions? usage: toy.py OUT TRAVEL STEPS
+# easiest case: ONE image caption, 4 directions, no mismatched captions? usage: toy.py OUT TRAVEL STEPS [te]
+# (te: train the text encoder too; toy02te ran it as a copy of this file, toy_te.py, with only that changed)
 import sys, json, dataclasses, numpy as np, torch
 sys.path.insert(0, '/work/main')
 import shapes_world as sw
 torch.set_num_threads(1)
 out, travel, steps = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+train_text_encoder = sys.argv[4:] == ['te']
 sw.VIDEO_TRAVEL = travel
 base = sw.parse_caption("a big red circle in the center on a blue background")
 specs = [dataclasses.replace(base, direction=d) for d in sw.DIRECTIONS]
 sw.video_split = lambda: (specs, [])
 info = sw.pretrain_motion_adapter('models/shapes-sd15', f'{out}/adapter', steps=steps, num_clips=1000,
-                                  mismatch_rate=0.0, video_model_dir=f'{out}/model')
+                                  mismatch_rate=0.0, video_model_dir=f'{out}/model',
+                                  train_text_encoder=train_text_encoder)
 pipe = sw.load_pipeline(f'{out}/model', f'{out}/adapter')
 caps = [s.caption for s in specs for _ in range(6)]
 seeds = [100 + k for _ in specs for k in range(6)]

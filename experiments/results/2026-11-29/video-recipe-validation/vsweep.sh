@@ -1,12 +1,17 @@
 #!/bin/bash
 # Video quickstart recipe sweep, scored on 48 VALIDATION captions: training-split video captions outside every
-# preference set (never held-out ones). usage: vsweep.sh NAME [trainer flags overriding the quickstart's]
+# preference set (never held-out ones). usage: [SPATIAL=1] vsweep.sh NAME [trainer flags overriding the quickstart's]
+# SPATIAL=1: the LoRA on the image layers' attention only (spatial_train.py); the sp_* runs ran it as a copy of this
+# file, vsweep_spatial.sh, with only the trainer line changed
 cd /work/main
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
 N=$1; shift
 W=/work/p8/vs/$N; mkdir -p $W
 start=$(date +%s)
-.venv/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no train_sspo_animatediff.py \
+if [ -n "$SPATIAL" ]; then TRAINER=(.venv/bin/python /work/p8/spatial_train.py)
+else TRAINER=(.venv/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
+              train_sspo_animatediff.py); fi
+"${TRAINER[@]}" \
   --pretrained_model_name_or_path models/shapes-sd15 --motion_adapter_name_or_path models/shapes-motion-adapter \
   --video_folder ${DATA:-data/shapes-chronomagic}/videos --metadata_file ${DATA:-data/shapes-chronomagic}/ChronoMagic_train.csv \
   --beta_schedule scaled_linear --resolution 32 --num_frames 8 --sample_stride 1 --train_batch_size 4 \
