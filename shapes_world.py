@@ -816,12 +816,13 @@ def pretrain_motion_adapter(model_dir: str, output_dir: str, seed: int = 0, step
         latents = (latents * vae.config.scaling_factor).unflatten(0, (num_clips, num_frames)).transpose(1, 2)
         distinct = sorted(set(captions)) + [""]
         ids = tokenizer(distinct, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-        embeddings = torch.cat([text_encoder(chunk)[0] for chunk in ids.split(256)])
+        # A trained text encoder encodes each batch in the step; a frozen one, every caption once, here.
+        embeddings = None if train_text_encoder else torch.cat([text_encoder(chunk)[0] for chunk in ids.split(256)])
     caption_index = torch.tensor([distinct.index(c) for c in captions])
     noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)
     text_encoder.requires_grad_(train_text_encoder)
-    parameters = [p for p in unet.parameters() if p.requires_grad] + [p for p in text_encoder.parameters()
-                                                                      if p.requires_grad]
+    parameters = [p for p in unet.parameters() if p.requires_grad]
+    parameters += list(text_encoder.parameters()) if train_text_encoder else []
     optimizer = torch.optim.AdamW(parameters, lr=1e-3, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(seed)
     start, seconds = 0, 0.0
@@ -853,9 +854,9 @@ def pretrain_motion_adapter(model_dir: str, output_dir: str, seed: int = 0, step
         if (step + 1) % 25 == 0:
             _log(f"motion step {step + 1}/{steps} loss {loss.item():.4f}")
         if (step + 1) % save_every == 0 or step + 1 == steps:
-            _save_state(state_path, unet=unet.state_dict(), text_encoder=text_encoder.state_dict(),
-                        optimizer=optimizer.state_dict(), generator=generator.get_state(), step=step + 1,
-                        seconds=time.perf_counter() - began)
+            trained_text_encoder = {"text_encoder": text_encoder.state_dict()} if train_text_encoder else {}
+            _save_state(state_path, unet=unet.state_dict(), **trained_text_encoder, optimizer=optimizer.state_dict(),
+                        generator=generator.get_state(), step=step + 1, seconds=time.perf_counter() - began)
             seconds = time.perf_counter() - began
     unet.eval().save_motion_modules(output_dir)
     text_encoder.eval()

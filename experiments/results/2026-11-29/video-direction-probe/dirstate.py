@@ -14,7 +14,7 @@ unet.load_state_dict(state['unet'])
 tmp = tempfile.mkdtemp()
 unet.save_motion_modules(tmp + '/adapter')
 base.unet.load_state_dict({k: v for k, v in state['unet'].items() if 'motion_modules' not in k})
-if 'text_encoder' in state:  # states written since stop 24 carry it (trained with --train_text_encoder)
+if 'text_encoder' in state:  # only states of --train_text_encoder runs carry it
     base.text_encoder.load_state_dict(state['text_encoder'])
 base.save_pretrained(tmp + '/video')
 sys.argv = ['dircheck.py', tmp + '/video', tmp + '/adapter', sys.argv[2]]
