@@ -154,6 +154,9 @@ def parse_args(input_args=None):
     parser.add_argument("--channels_last", action="store_true", help="UNet weights in channels_last memory format.")
     parser.add_argument("--compile_unet", action="store_true",
                         help="torch.compile the UNet for the batched self-sampling measurement (slow to compile on CPU).")
+    parser.add_argument("--compile_mode", choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
+                        default="default", help="torch.compile mode with --compile_unet; reduce-overhead replays "
+                                                "CUDA graphs of the fixed-shape sampling loop.")
     parser.add_argument("--self_sample_steps", type=int, default=20,
                         help="Denoising steps of the sampling measurements (stock comparison, batched sampling).")
     parser.add_argument("--self_sample_batch_size", type=int, default=None,
@@ -161,6 +164,9 @@ def parse_args(input_args=None):
     parser.add_argument("--sampling_micro_batches", type=int, default=8,
                         help="Gradient accumulation steps of the batched self-sampling measurement.")
     parser.add_argument("--sampling_micro_batch_size", type=int, default=1)
+    parser.add_argument("--profile_self_sampling", action="store_true",
+                        help="After timing, run the batched self-sampling once more under torch.profiler and write "
+                             "its top kernels to profile_self_sampling.txt in --output_dir.")
     parser.add_argument("--num_threads", type=int, default=None,
                         help="torch CPU threads (default: torch's). On a shared CPU, 1 avoids threads waiting on "
                              "each other.")
@@ -889,7 +895,7 @@ def batched_self_sampling(args, shared):
         generate(variants["batched"])
     flops = counter.get_total_flops()
     if args.compile_unet:
-        unet.compile()  # in place: the sampler keeps calling the same module
+        unet.compile(mode=args.compile_mode)  # in place: the sampler keeps calling the same module
 
     seconds = {name: [] for name in variants}
     latents, peaks = {}, {}
@@ -911,7 +917,8 @@ def batched_self_sampling(args, shared):
     result = {"micro_batches": micro, "micro_batch_size": size, "num_frames": shared.num_frames,
               "steps": args.self_sample_steps,
               "guidance_scale": GUIDANCE_SCALE, "self_sample_batch_size": args.self_sample_batch_size,
-              "compile_unet": args.compile_unet, "flops": flops, "variants": {}}
+              "compile_unet": args.compile_unet, "compile_mode": args.compile_mode if args.compile_unet else None,
+              "flops": flops, "variants": {}}
     for name, chunk_size in variants.items():
         median = statistics.median(seconds[name])
         result["variants"][name] = {
@@ -922,7 +929,35 @@ def batched_self_sampling(args, shared):
                                               / result["variants"]["per_micro_batch"]["samples_per_second"])
     result["max_abs_latent_diff"] = max(float((a - b).abs().max())
                                         for a, b in zip(latents["per_micro_batch"], latents["batched"]))
+    if args.profile_self_sampling:
+        path = os.path.join(args.output_dir, "profile_self_sampling.txt")
+        result["profile"] = profile_top_kernels(lambda: generate(variants["batched"]), device, path)
     return result
+
+
+def profile_top_kernels(fn, device, path, rows=30):
+    """Run fn once under torch.profiler; write the operators and kernels that took the most device
+    time (CPU time on CPU) to path, and return their names and shares of the total."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    sync(device)
+    with torch.profiler.profile(activities=activities) as prof:
+        fn()
+        sync(device)
+    averages = prof.key_averages()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = averages.table(sort_by=key, row_limit=rows)
+    with open(path, "w") as f:
+        f.write(f"# torch.profiler, one batched self-sampling call, sorted by {key}\n\n{table}\n")
+    # on CUDA, shares over the kernels alone: an operator's self device time repeats its kernels' time
+    events = [event for event in averages
+              if device.type != "cuda" or event.device_type == torch.autograd.DeviceType.CUDA]
+    total = sum(getattr(event, key) for event in events) or 1.0
+    top = sorted(events, key=lambda event: getattr(event, key), reverse=True)[:10]
+    return {"path": os.path.basename(path), "sorted_by": key, "total_us": total,
+            "top": [{"name": event.key, "us": getattr(event, key), "share": getattr(event, key) / total}
+                    for event in top]}
 
 
 # ---------------------------------------------------------------------------
@@ -1174,7 +1209,8 @@ def main(args):
                     "optimizer": sspo_utils.optimizer_class(args.use_8bit_adam).__name__,
                     "use_8bit_adam": args.use_8bit_adam, "attention_processor": shared.attention_processor,
                     "xformers": args.enable_xformers_memory_efficient_attention, "channels_last": args.channels_last,
-                    "compile_unet": args.compile_unet, "isolate": args.isolate,
+                    "compile_unet": args.compile_unet,
+                    "compile_mode": args.compile_mode if args.compile_unet else None, "isolate": args.isolate,
                     "self_sample_steps": args.self_sample_steps,
                     "lora_parameters": trainable if lora else None, "trainable_parameters": trainable,
                     "unet_parameters": sum(p.numel() for p in shared.unet.parameters()),

@@ -131,8 +131,12 @@ run_variant() {  # name, required (1/0), seconds it needs at least, bench_sspo.p
   fi
 }
 
-run_variant adamw_sdpa 1 60 --configs sft dpo sspo_probe sspo_10 sspo_20
+run_variant adamw_sdpa 1 60 --configs sft dpo sspo_probe sspo_10 sspo_20 --profile_self_sampling
 run_variant adam8bit_sdpa 1 30 --use_8bit_adam --configs dpo sspo_20 --skip stock batched
+# AnimateDiff: the SD1.5 UNet + the v1-5-2 MotionAdapter architecture, a motion-LoRA SSPO step on 16 frames at 256 px
+if [[ $DEVICE == cuda ]]; then VIDEO_SHAPE=(--resolution 256 --num_frames 16); else VIDEO_SHAPE=(--num_frames 4); fi
+run_variant animatediff_motion_lora 1 40 --video "${VIDEO_SHAPE[@]}" --train_target motion_lora \
+  --configs sft sspo_20 --skip stock batched swap
 if ((XFORMERS)); then
   run_variant adam8bit_xformers 0 40 --use_8bit_adam --enable_xformers_memory_efficient_attention \
     --configs dpo sspo_20 --skip stock
@@ -141,6 +145,8 @@ fi
 if [[ $DEVICE == cuda ]]; then  # target 7: can the sampler get closer to the matmul peak?
   run_variant sampling_channels_last 0 30 --channels_last --configs --skip stock
   run_variant sampling_compile 0 120 --channels_last --compile_unet --configs --skip stock
+  run_variant sampling_compile_cudagraphs 0 120 --channels_last --compile_unet --compile_mode reduce-overhead \
+    --configs --skip stock
 fi
 
 # 4. Summary of all variants: gpu_smoke_summary.md / .json in --output_dir (and --summary_dir).
@@ -165,15 +171,16 @@ lines = [f"# SSPO GPU smoke: {m['device_name']} ({m['device']}), torch {m['torch
          f"{first['settings']['dtype']}, LoRA rank {first['rank']}, {first['steps']} timed steps after "
          f"{first['warmup']} warm-up. xformers: {'used in the *_xformers variants' if xformers else 'not usable, SDPA only'}. "
          f"{elapsed} s of a {budget} s budget.", "",
-         f"| variant | config | sampling steps | step s (median) | self-sampling | swap | ref fwd | policy fwd+bwd | other | {mem} |",
-         "|" + " --- |" * (10 if cpu else 11)]
+         f"| variant | input | config | sampling steps | step s (median) | self-sampling | swap | ref fwd | policy fwd+bwd | other | {mem} |",
+         "|" + " --- |" * (11 if cpu else 12)]
 for v in variants:
+    shape = f"{v['resolution']} px" + (f" x {v['video']['num_frames']} frames" if v.get("video") else "")
     for row in v["configs"]:
         p = row["phase_seconds_per_step"]
         memory = f"{row['peak_memory_bytes'] / GIB:.2f}"
         if not cpu:
             memory += f" | {row['peak_reserved_bytes'] / GIB:.2f}"
-        lines.append(f"| {v['variant']} | {row['config']} | {row['self_sample_steps']} | {row['step_seconds_median']:.3f} | "
+        lines.append(f"| {v['variant']} | {shape} | {row['config']} | {row['self_sample_steps']} | {row['step_seconds_median']:.3f} | "
                      + " | ".join(f"{p[k]:.3f}" for k in ("self_sampling", "swap", "reference_forward",
                                                           "policy_forward_backward", "other")) + f" | {memory} |")
 label = "CPU MFU" if cpu else "MFU"
@@ -189,6 +196,13 @@ if sampling:
         lines.append(f"| {v['variant']} | {b['steps']} | {per['samples_per_second']:.2f} | {bat['samples_per_second']:.2f} | "
                      f"{b['batched_over_per_micro_batch']:.2f} | {bat['tflops']:.3g} | {bat['mfu'] * 100:.1f}% | "
                      f"{v['matmul_peak']['tflops']:.3g} | {b['max_abs_latent_diff']:.3g} |")
+    for v in sampling:
+        profile = v["batched_self_sampling"].get("profile")
+        if profile:
+            lines += ["", f"Top kernels of one batched self-sampling call ({v['variant']}, torch.profiler, "
+                      f"{profile['sorted_by']}, share of the kernels' total {profile['total_us'] / 1e3:.1f} ms):", "",
+                      "| kernel | ms | share |", "| --- | --- | --- |"]
+            lines += [f"| {k['name'][:90]} | {k['us'] / 1e3:.2f} | {k['share'] * 100:.1f}% |" for k in profile["top"]]
 goal = []
 for v in variants:
     if v["settings"]["use_8bit_adam"] and v["settings"]["gradient_checkpointing"]:
@@ -203,7 +217,7 @@ if notes:
 text = "\n".join(lines) + "\n"
 open(os.path.join(out_dir, "gpu_smoke_summary.md"), "w").write(text)
 json.dump({"budget_s": budget, "elapsed_s": elapsed, "xformers": xformers, "notes": notes,
-           "variants": [{k: v[k] for k in ("variant", "machine", "model", "resolution", "batch_size", "settings",
+           "variants": [{k: v[k] for k in ("variant", "machine", "model", "resolution", "batch_size", "settings", "video",
                                            "matmul_peak", "configs", "batched_self_sampling", "targets")} for v in variants]},
           open(os.path.join(out_dir, "gpu_smoke_summary.json"), "w"), indent=2)
 print(text)

@@ -220,11 +220,19 @@ def test_gpu_smoke_script_on_cpu(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((summary_dir / "gpu_smoke_summary.json").read_text())
     variants = {v["variant"]: v for v in summary["variants"]}
-    assert {"adamw_sdpa", "adam8bit_sdpa"} <= set(variants)
+    assert {"adamw_sdpa", "adam8bit_sdpa", "animatediff_motion_lora"} <= set(variants)
     assert variants["adam8bit_sdpa"]["settings"]["optimizer"] == "AdamW8bit"
     assert all(v["settings"]["gradient_checkpointing"] for v in variants.values())
     sspo = next(row for row in variants["adam8bit_sdpa"]["configs"] if row["config"] == "sspo_20")
     assert sspo["peak_memory_bytes"] > 0 and sspo["phase_seconds_per_step"]["self_sampling"] > 0
+    video = variants["animatediff_motion_lora"]
+    assert video["video"]["num_frames"] == 4 and video["video"]["train_target"] == "motion_lora"
+    video_sspo = next(row for row in video["configs"] if row["config"] == "sspo_20")
+    assert video_sspo["phase_seconds_per_step"]["self_sampling"] > 0
+    profile = variants["adamw_sdpa"]["batched_self_sampling"]["profile"]
+    assert profile["top"] and 0 < sum(k["share"] for k in profile["top"]) <= 1 + 1e-6
+    assert (tmp_path / "out" / "adamw_sdpa" / "profile_self_sampling.txt").read_text().count("aten::") >= 5
     text = (summary_dir / "gpu_smoke_summary.md").read_text()
-    assert "| adam8bit_sdpa | sspo_20 |" in text and "sd15_reduced" in text
+    assert "| adam8bit_sdpa | 64 px | sspo_20 |" in text and "sd15_reduced" in text
+    assert "| animatediff_motion_lora | 64 px x 4 frames | sspo_20 |" in text and "Top kernels" in text
     assert "xformers" in result.stdout  # says whether xformers was used or why not
