@@ -19,7 +19,8 @@
 # measures nothing. xformers and the torch.compile variant are skipped on CPU.
 #
 # Options: --device cuda|cpu, --output_dir DIR (every variant's JSON, table, plot and log), --summary_dir DIR (a
-# copy of the summary, at most 5 files), --budget_s N (default 450 on GPU: variants that would not fit are skipped).
+# copy of the summary, at most 5 files), --budget_s N (default 450 on GPU: variants that would not fit are skipped),
+# --variants NAME... (only these, e.g. to rerun the sampling variants that an earlier run's budget skipped).
 # Environment: PYTHON (default python3), SSPO_SITE (where wheels are installed, default /tmp/sspo_site).
 
 set -uo pipefail
@@ -30,13 +31,15 @@ DEVICE=cuda
 OUT_DIR="${TMPDIR:-/tmp}/sspo_gpu_smoke"
 SUMMARY_DIR=""
 BUDGET=""
+ONLY=()
 while (($#)); do
   case "$1" in
     --device) DEVICE=$2; shift 2 ;;
     --output_dir) OUT_DIR=$2; shift 2 ;;
     --summary_dir) SUMMARY_DIR=$2; shift 2 ;;
     --budget_s) BUDGET=$2; shift 2 ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    --variants) shift; while (($#)) && [[ $1 != --* ]]; do ONLY+=("$1"); shift; done ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -108,6 +111,7 @@ NOTES=()
 run_variant() {  # name, required (1/0), seconds it needs at least, bench_sspo.py flags...
   local name=$1 required=$2 need=$3
   shift 3
+  if ((${#ONLY[@]})) && [[ " ${ONLY[*]} " != *" $name "* ]]; then return; fi
   local left=$((BUDGET - SECONDS))
   if ((left < need)); then
     NOTES+=("$name: skipped, ${left}s of the ${BUDGET}s budget left (needs ~${need}s)")
@@ -143,10 +147,12 @@ if ((XFORMERS)); then
   run_variant adamw_xformers 0 30 --enable_xformers_memory_efficient_attention --configs sspo_20 --skip stock batched
 fi
 if [[ $DEVICE == cuda ]]; then  # target 7: can the sampler get closer to the matmul peak?
-  run_variant sampling_channels_last 0 30 --channels_last --configs --skip stock
-  run_variant sampling_compile 0 120 --channels_last --compile_unet --configs --skip stock
-  run_variant sampling_compile_cudagraphs 0 120 --channels_last --compile_unet --compile_mode reduce-overhead \
-    --configs --skip stock
+  # batched call only, profiled: what each change does to the kernels
+  SAMPLING=(--configs --skip stock per_micro_batch --profile_self_sampling)
+  run_variant sampling_channels_last 0 30 --channels_last "${SAMPLING[@]}"
+  run_variant sampling_compile 0 90 --channels_last --compile_unet "${SAMPLING[@]}"
+  run_variant sampling_compile_cudagraphs 0 90 --channels_last --compile_unet --compile_mode reduce-overhead \
+    "${SAMPLING[@]}"
 fi
 
 # 4. Summary of all variants: gpu_smoke_summary.md / .json in --output_dir (and --summary_dir).
@@ -192,10 +198,12 @@ if sampling:
               f"batched {label} | matmul peak TFLOP/s | max latent diff |", "|" + " --- |" * 9]
     for v in sampling:
         b = v["batched_self_sampling"]
-        per, bat = b["variants"]["per_micro_batch"], b["variants"]["batched"]
-        lines.append(f"| {v['variant']} | {b['steps']} | {per['samples_per_second']:.2f} | {bat['samples_per_second']:.2f} | "
-                     f"{b['batched_over_per_micro_batch']:.2f} | {bat['tflops']:.3g} | {bat['mfu'] * 100:.1f}% | "
-                     f"{v['matmul_peak']['tflops']:.3g} | {b['max_abs_latent_diff']:.3g} |")
+        per, bat = b["variants"].get("per_micro_batch"), b["variants"]["batched"]
+        per_rate = "-" if per is None else f"{per['samples_per_second']:.2f}"
+        ratio = "-" if per is None else f"{b['batched_over_per_micro_batch']:.2f}"
+        diff = "-" if per is None else f"{b['max_abs_latent_diff']:.3g}"
+        lines.append(f"| {v['variant']} | {b['steps']} | {per_rate} | {bat['samples_per_second']:.2f} | {ratio} | "
+                     f"{bat['tflops']:.3g} | {bat['mfu'] * 100:.1f}% | {v['matmul_peak']['tflops']:.3g} | {diff} |")
     for v in sampling:
         profile = v["batched_self_sampling"].get("profile")
         if profile:
