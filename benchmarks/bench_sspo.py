@@ -927,6 +927,9 @@ def batched_self_sampling(args, shared):
             "chunk_size": chunk_size or samples, "calls": -(-samples // (chunk_size or samples)),
             "seconds": median, "samples_per_second": samples / median, "tflops": flops / median / 1e12,
             "peak_memory_bytes": peaks[name]}
+    for name, v in result["variants"].items():  # printed now: a run stopped later (e.g. while profiling) keeps these
+        print(f"self-sampling {name}: {v['seconds']:.3f} s per optimizer step, {v['samples_per_second']:.2f} samples/s, "
+              f"{v['tflops']:.3g} TFLOP/s", flush=True)
     result["batched_over_per_micro_batch"] = result["max_abs_latent_diff"] = None
     if "per_micro_batch" in variants:
         result["batched_over_per_micro_batch"] = (result["variants"]["batched"]["samples_per_second"]
