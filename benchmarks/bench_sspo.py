@@ -164,6 +164,13 @@ def parse_args(input_args=None):
     parser.add_argument("--sampling_micro_batches", type=int, default=8,
                         help="Gradient accumulation steps of the batched self-sampling measurement.")
     parser.add_argument("--sampling_micro_batch_size", type=int, default=1)
+    parser.add_argument("--sampling_without_lora", action="store_true",
+                        help="Batched self-sampling with the LoRA layers disabled: the speed that sampling from the "
+                             "RCR snapshot merged into the frozen weights would reach (a target-7 fix, measured "
+                             "before it is built). Not with --train_target motion_modules, which has no LoRA.")
+    parser.add_argument("--sampling_without_autocast", action="store_true",
+                        help="Batched self-sampling outside autocast: the frozen weights are already in --dtype, so "
+                             "only the LoRA layers (if any) still cast.")
     parser.add_argument("--profile_self_sampling", action="store_true",
                         help="After timing, run the batched self-sampling once more under torch.profiler and write "
                              "its top kernels to profile_self_sampling.txt in --output_dir.")
@@ -195,6 +202,8 @@ def parse_args(input_args=None):
         parser.error("--warmup and --steps must be at least 1 (the first warm-up step counts FLOPs)")
     if args.self_sample_batch_size is not None and args.self_sample_batch_size < 1:
         parser.error("--self_sample_batch_size must be at least 1")
+    if args.sampling_without_lora and args.video and args.train_target == "motion_modules":
+        parser.error("--sampling_without_lora needs a LoRA: --train_target motion_modules has none")
     if args.sampling_micro_batches < 1 or args.sampling_micro_batch_size < 1:
         parser.error("--sampling_micro_batches and --sampling_micro_batch_size must be at least 1")
     if not args.video:
@@ -886,12 +895,14 @@ def batched_self_sampling(args, shared):
         del variants["per_micro_batch"]
 
     def generate(chunk_size):
-        with autocast(device, dtype):
+        with nullcontext() if args.sampling_without_autocast else autocast(device, dtype):
             return sspo_utils.self_sample_step(shared.sampler, embeds, shared.negative, args.resolution,
                                                args.resolution, args.self_sample_steps, GUIDANCE_SCALE,
                                                torch.Generator().manual_seed(0), chunk_size=chunk_size,
                                                num_frames=shared.num_frames)
 
+    if args.sampling_without_lora:
+        unet.disable_adapters()  # enabled again below: nothing after this function samples
     counter = flop_counter()
     with sdpa_for_counting(args, unet), counter:  # counted before any compilation
         generate(variants["batched"])
@@ -920,6 +931,7 @@ def batched_self_sampling(args, shared):
               "steps": args.self_sample_steps,
               "guidance_scale": GUIDANCE_SCALE, "self_sample_batch_size": args.self_sample_batch_size,
               "compile_unet": args.compile_unet, "compile_mode": args.compile_mode if args.compile_unet else None,
+              "without_lora": args.sampling_without_lora, "without_autocast": args.sampling_without_autocast,
               "flops": flops, "variants": {}}
     for name, chunk_size in variants.items():
         median = statistics.median(seconds[name])
@@ -939,6 +951,8 @@ def batched_self_sampling(args, shared):
     if args.profile_self_sampling:
         path = os.path.join(args.output_dir, "profile_self_sampling.txt")
         result["profile"] = profile_top_kernels(lambda: generate(variants["batched"]), device, path)
+    if args.sampling_without_lora:
+        unet.enable_adapters()
     return result
 
 

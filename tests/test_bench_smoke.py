@@ -209,6 +209,35 @@ def test_random_init_reduced_materializes_and_runs():
     assert out.shape == (1, 4, 8, 8) and torch.isfinite(out).all()
 
 
+def test_sampling_without_lora_disables_the_lora_layers_only_while_sampling(tmp_path, monkeypatch):
+    """--sampling_without_lora / --sampling_without_autocast (target 7's fixes, measured before they are built):
+    every LoRA layer is off during the batched self-sampling and on again after it; the report says so."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    bench = bench_module()
+    seen = []
+    real = bench.sspo_utils.self_sample_step
+
+    def recording(self_sampler, *args, **kwargs):
+        layers = [m for m in self_sampler.unet.modules() if isinstance(m, BaseTunerLayer)]
+        seen.append((len(layers), sum(m.disable_adapters for m in layers), torch.is_autocast_enabled("cpu")))
+        return real(self_sampler, *args, **kwargs)
+
+    monkeypatch.setattr(bench.sspo_utils, "self_sample_step", recording)
+    args = bench.parse_args(["--device", "cpu", "--random_init_from_config", "sd15_reduced", "--smoke", "--configs",
+                             "--skip", "stock", "per_micro_batch", "swap", "--sampling_without_lora",
+                             "--sampling_without_autocast", "--dtype", "bf16", "--output_dir", str(tmp_path)])
+    args.resolution = 64  # main() sets it from the model
+    shared = bench.load_shared(args)
+    shared.resolution = args.resolution
+    result = bench.batched_self_sampling(args, shared)
+    assert seen and all(n > 0 and off == n and not cast for n, off, cast in seen)
+    assert not any(m.disable_adapters for m in shared.unet.modules() if isinstance(m, BaseTunerLayer))
+    assert result["without_lora"] and result["without_autocast"] and result["batched_over_per_micro_batch"] is None
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--video", "--train_target", "motion_modules", "--sampling_without_lora"])
+
+
 @pytest.mark.slow
 def test_gpu_smoke_script_on_cpu(tmp_path):
     """benchmarks/gpu_smoke.sh --device cpu: the GPU script's variants on the reduced SD1.5 architecture."""
