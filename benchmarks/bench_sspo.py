@@ -145,8 +145,9 @@ def parse_args(input_args=None):
     parser.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS),
                         help="Training configurations to time (none: only the sampling measurements).")
     parser.add_argument("--skip", nargs="*", default=[], choices=("stock", "batched", "per_micro_batch", "swap"),
-                        help="Leave out the self-sampler vs stock comparison, the batched self-sampling one and/or "
-                             "(--video) the swap timing of the other train targets.")
+                        help="Leave out the self-sampler vs stock comparison, the batched self-sampling one, its "
+                             "per-micro-batch baseline (target 6) and/or (--video) the swap timing of the other train "
+                             "targets.")
     parser.add_argument("--gradient_checkpointing", action="store_true")
     parser.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes' AdamW8bit, as in the trainers.")
     parser.add_argument("--enable_xformers_memory_efficient_attention", action="store_true",
@@ -1119,7 +1120,9 @@ def markdown(report):
         frames = f" of {batched['num_frames']}-frame videos" if video else ""
         lines += [f"Self-sampling across gradient accumulation (batch {batched['micro_batch_size']} x "
                   f"{batched['micro_batches']} micro-batches{frames}, {batched['steps']} steps, CFG {GUIDANCE_SCALE}, "
-                  f"sspo_utils.self_sample_step{', torch.compile' if batched['compile_unet'] else ''}; "
+                  f"sspo_utils.self_sample_step{', torch.compile' if batched['compile_unet'] else ''}"
+                  f"{', LoRA layers off' if batched.get('without_lora') else ''}"
+                  f"{', no autocast' if batched.get('without_autocast') else ''}; "
                   f"{batched['flops'] / 1e9:.4g} GFLOP per optimizer step):", "",
                   f"| variant | chunk | calls | seconds | {unit} | TFLOP/s | {label} | peak memory MiB |",
                   "|" + " --- |" * 8]
