@@ -1121,8 +1121,8 @@ def markdown(report):
         lines += [f"Self-sampling across gradient accumulation (batch {batched['micro_batch_size']} x "
                   f"{batched['micro_batches']} micro-batches{frames}, {batched['steps']} steps, CFG {GUIDANCE_SCALE}, "
                   f"sspo_utils.self_sample_step{', torch.compile' if batched['compile_unet'] else ''}"
-                  f"{', LoRA layers off' if batched.get('without_lora') else ''}"
-                  f"{', no autocast' if batched.get('without_autocast') else ''}; "
+                  f"{', LoRA layers off' if batched['without_lora'] else ''}"
+                  f"{', no autocast' if batched['without_autocast'] else ''}; "
                   f"{batched['flops'] / 1e9:.4g} GFLOP per optimizer step):", "",
                   f"| variant | chunk | calls | seconds | {unit} | TFLOP/s | {label} | peak memory MiB |",
                   "|" + " --- |" * 8]
