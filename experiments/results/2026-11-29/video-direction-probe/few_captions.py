@@ -1,0 +1,33 @@
+# How much variety loses the sign? toy_pos's setup (left/right, cross-attention + motion modules, no mismatched
+# captions, 1,000 clips) over the first N colours of a big circle in the center on a blue background (N=1 is toy02's
+# caption without up/down). Scored on those same captions, 4 seeds per word, the same seeds for both words.
+# usage: few_captions.py OUT STEPS N
+import sys, json, dataclasses, numpy as np, torch
+sys.path.insert(0, '/work/main')
+import shapes_world as sw
+torch.set_num_threads(1)
+out, steps, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+sw.DIRECTIONS = {k: sw.DIRECTIONS[k] for k in ("left", "right")}
+colors = [c for c in sw.COLORS if c != "blue"][:n]
+specs = [dataclasses.replace(sw.parse_caption(f"a big {c} circle in the center on a blue background"), direction=d)
+         for c in colors for d in sw.DIRECTIONS]
+sw.video_split = lambda: (specs, [])
+info = sw.pretrain_motion_adapter('models/shapes-sd15', f'{out}/adapter', steps=steps, num_clips=1000,
+                                  mismatch_rate=0.0, video_model_dir=f'{out}/model')
+pipe = sw.load_pipeline(f'{out}/model', f'{out}/adapter')
+caps = [s.caption for s in specs for _ in range(4)]
+seeds = [100 + k for _ in specs for k in range(4)]
+clips = sw.generate(pipe, caps, seeds, num_inference_steps=10, guidance_scale=5, batch_size=24)
+rows = []
+for c, s, clip in zip(caps, seeds, clips):
+    spec = sw.parse_caption(c)
+    st = [sw._static_scores(sw._as_array(f), spec, sw.SIZES[spec.size]) for f in clip]
+    cs = [x['center'] for x in st if x['center'] is not None]
+    disp = (np.array(cs[-1]) - np.array(cs[0])).tolist() if len(cs) >= 2 else None
+    rows.append(dict(prompt=c, seed=s, disp=disp, direction=sw.video_reward_components(clip, c)['direction']))
+ok = [r for r in rows if r['disp']]
+follows = float(np.mean([np.sign(r['disp'][0]) == (1 if r['prompt'].endswith('right') else -1) for r in ok]))
+json.dump(dict(info=info, colors=colors, rows=rows, sign_follows_word=follows,
+               direction_score=float(np.mean([r['direction'] for r in rows]))), open(f'{out}/few.json', 'w'), indent=1)
+print('colours', colors, 'sign follows the word', follows, 'of', len(ok), 'direction score',
+      np.mean([r['direction'] for r in rows]))
