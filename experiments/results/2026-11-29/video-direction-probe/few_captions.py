@@ -5,6 +5,8 @@
 import sys, json, dataclasses, numpy as np, torch
 sys.path.insert(0, '/work/main')
 import shapes_world as sw
+sys.path.insert(0, '/work/main/experiments/results/2026-11-29/video-direction-probe')
+from clip_displacements import clip_rows, sign_follows_word
 torch.set_num_threads(1)
 out, steps, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 sw.DIRECTIONS = {k: sw.DIRECTIONS[k] for k in ("left", "right")}
@@ -17,16 +19,9 @@ info = sw.pretrain_motion_adapter('models/shapes-sd15', f'{out}/adapter', steps=
 pipe = sw.load_pipeline(f'{out}/model', f'{out}/adapter')
 caps = [s.caption for s in specs for _ in range(4)]
 seeds = [100 + k for _ in specs for k in range(4)]
-clips = sw.generate(pipe, caps, seeds, num_inference_steps=10, guidance_scale=5, batch_size=24)
-rows = []
-for c, s, clip in zip(caps, seeds, clips):
-    spec = sw.parse_caption(c)
-    st = [sw._static_scores(sw._as_array(f), spec, sw.SIZES[spec.size]) for f in clip]
-    cs = [x['center'] for x in st if x['center'] is not None]
-    disp = (np.array(cs[-1]) - np.array(cs[0])).tolist() if len(cs) >= 2 else None
-    rows.append(dict(prompt=c, seed=s, disp=disp, direction=sw.video_reward_components(clip, c)['direction']))
+rows = clip_rows(pipe, caps, seeds)
 ok = [r for r in rows if r['disp']]
-follows = float(np.mean([np.sign(r['disp'][0]) == (1 if r['prompt'].endswith('right') else -1) for r in ok]))
+follows = sign_follows_word(rows)
 json.dump(dict(info=info, colors=colors, rows=rows, sign_follows_word=follows,
                direction_score=float(np.mean([r['direction'] for r in rows]))), open(f'{out}/few.json', 'w'), indent=1)
 print('colours', colors, 'sign follows the word', follows, 'of', len(ok), 'direction score',

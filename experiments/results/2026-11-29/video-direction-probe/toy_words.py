@@ -5,6 +5,8 @@
 import sys, json, dataclasses, numpy as np, torch
 sys.path.insert(0, '/work/main')
 import shapes_world as sw
+sys.path.insert(0, '/work/main/experiments/results/2026-11-29/video-direction-probe')
+from clip_displacements import clip_rows
 torch.set_num_threads(1)
 out, steps = sys.argv[1], int(sys.argv[2])
 sw.DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "top": (0, -1), "bottom": (0, 1)}
@@ -16,14 +18,7 @@ info = sw.pretrain_motion_adapter('models/shapes-sd15', f'{out}/adapter', steps=
 pipe = sw.load_pipeline(f'{out}/model', f'{out}/adapter')
 caps = [s.caption for s in specs for _ in range(6)]
 seeds = [100 + k for _ in specs for k in range(6)]
-clips = sw.generate(pipe, caps, seeds, num_inference_steps=10, guidance_scale=5, batch_size=24)
-rows = []
-for c, s, clip in zip(caps, seeds, clips):
-    spec = sw.parse_caption(c)
-    st = [sw._static_scores(sw._as_array(f), spec, sw.SIZES[spec.size]) for f in clip]
-    cs = [x['center'] for x in st if x['center'] is not None]
-    disp = (np.array(cs[-1]) - np.array(cs[0])).tolist() if len(cs) >= 2 else None
-    rows.append(dict(prompt=c, seed=s, disp=disp, direction=sw.video_reward_components(clip, c)['direction']))
+rows = clip_rows(pipe, caps, seeds)
 summary = {d: np.round(np.mean([r['disp'] for r in rows if r['prompt'].endswith(d) and r['disp']], axis=0), 3).tolist()
            for d in sw.DIRECTIONS}
 per_word = {d: float(np.mean([r['direction'] for r in rows if r['prompt'].endswith(d)])) for d in sw.DIRECTIONS}

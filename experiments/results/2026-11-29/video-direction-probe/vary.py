@@ -6,6 +6,8 @@
 import sys, json, random, dataclasses, numpy as np, torch
 sys.path.insert(0, '/work/main')
 import shapes_world as sw
+sys.path.insert(0, '/work/main/experiments/results/2026-11-29/video-direction-probe')
+from clip_displacements import clip_rows, sign_follows_word
 torch.set_num_threads(1)
 out, steps, varied = sys.argv[1], int(sys.argv[2]), set(sys.argv[3:])
 sw.DIRECTIONS = {k: sw.DIRECTIONS[k] for k in ("left", "right")}
@@ -21,16 +23,9 @@ pipe = sw.load_pipeline(f'{out}/model', f'{out}/adapter')
 chosen = random.Random(5).sample(images, min(12, len(images)))
 caps = [dataclasses.replace(s, direction=d).caption for s in chosen for d in sw.DIRECTIONS for _ in range(2)]
 seeds = [100 + k for _ in chosen for _ in sw.DIRECTIONS for k in range(2)]
-clips = sw.generate(pipe, caps, seeds, num_inference_steps=10, guidance_scale=5, batch_size=24)
-rows = []
-for c, s, clip in zip(caps, seeds, clips):
-    spec = sw.parse_caption(c)
-    st = [sw._static_scores(sw._as_array(f), spec, sw.SIZES[spec.size]) for f in clip]
-    cs = [x['center'] for x in st if x['center'] is not None]
-    disp = (np.array(cs[-1]) - np.array(cs[0])).tolist() if len(cs) >= 2 else None
-    rows.append(dict(prompt=c, seed=s, disp=disp, direction=sw.video_reward_components(clip, c)['direction']))
+rows = clip_rows(pipe, caps, seeds)
 ok = [r for r in rows if r['disp']]
-follows = float(np.mean([np.sign(r['disp'][0]) == (1 if r['prompt'].endswith('right') else -1) for r in ok]))
+follows = sign_follows_word(rows)
 json.dump(dict(info=info, varied=sorted(varied), num_image_captions=len(images), rows=rows, sign_follows_word=follows,
                direction_score=float(np.mean([r['direction'] for r in rows]))), open(f'{out}/vary.json', 'w'), indent=1)
 print('varied', sorted(varied), len(images), 'image captions; sign follows the word', follows, 'of', len(ok),
