@@ -3,10 +3,12 @@
 # grammar never does: does an anchor that keeps teaching the sign make it carry over to every caption?
 # Cross-attention + motion modules, as vw3. dircheck then runs on 12 training captions that are NOT anchors.
 # usage: anchor_mix.py OUT STEPS NUM_ANCHORS
-import json, os, sys, random, dataclasses
+import json, sys, dataclasses
 sys.path.insert(0, '/work/main')
 import torch
 import shapes_world as sw
+sys.path.insert(0, '/work/main/experiments/results/2026-11-29/video-direction-probe')
+from clip_displacements import run_dircheck
 torch.set_num_threads(1)
 out, steps, num_anchors = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 anchor_captions = ["a big red circle in the center on a blue background",
@@ -25,7 +27,4 @@ info["anchors"] = anchor_captions
 json.dump(info, open(out + '/pretraining.json', 'w'), indent=1)
 sw.video_split = lambda: ([s for s in full_split()[0]
                            if dataclasses.replace(s, direction=None).caption not in anchor_captions], [])
-here = '/work/main/experiments/results/2026-11-29/video-direction-probe'
-code = open(os.path.join(here, 'dircheck.py')).read()
-sys.argv = ['dircheck.py', out + '/shapes-sd15-video', out + '/shapes-motion-adapter', out + '/dircheck.json']
-exec(compile(code, 'dircheck.py', 'exec'))
+run_dircheck(out + '/shapes-sd15-video', out + '/shapes-motion-adapter', out + '/dircheck.json')

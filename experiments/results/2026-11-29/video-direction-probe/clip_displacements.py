@@ -1,4 +1,8 @@
-# Shared by the stop-26 probes: generate clips and measure where the shape goes.
+# Shared by the stop-25/26 probes: generate clips, measure where the shape goes, run dircheck.py.
+import os
+import runpy
+import sys
+
 import numpy as np
 import shapes_world as sw
 
@@ -22,3 +26,14 @@ def sign_follows_word(rows):
     """Share of left/right clips whose horizontal displacement has the word's sign."""
     horizontal = [r for r in rows if r["disp"] and r["prompt"].endswith(("left", "right"))]
     return float(np.mean([np.sign(r["disp"][0]) == (1 if r["prompt"].endswith("right") else -1) for r in horizontal]))
+
+
+def run_dircheck(model_dir, adapter_dir, out_json):
+    """dircheck.py's test (12 training captions x every direction word of shapes_world as patched now x 2 seeds) on a
+    pretrained model folder and motion adapter; writes out_json."""
+    argv = sys.argv
+    sys.argv = ["dircheck.py", model_dir, adapter_dir, out_json]
+    try:
+        runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "dircheck.py"), run_name="__main__")
+    finally:
+        sys.argv = argv

@@ -4,10 +4,12 @@
 # the motion: its axis and its sign. The toy, whose static content is fit, learns the sign; the full grammar does
 # not. usage: debiased.py OUT STEPS WEIGHT [motion]   (loss = (1 - WEIGHT) * mse + WEIGHT * debiased mse;
 # motion: only the motion modules train, the shipped adapter's setup; otherwise the cross-attention too)
-import json, os, sys
+import json, sys
 sys.path.insert(0, '/work/main')
 import torch
 import shapes_world as sw
+sys.path.insert(0, '/work/main/experiments/results/2026-11-29/video-direction-probe')
+from clip_displacements import run_dircheck
 torch.set_num_threads(1)
 out, steps, weight = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 model_dir = 'models/shapes-sd15' if sys.argv[4:] == ['motion'] else out + '/shapes-sd15-video'
@@ -28,7 +30,4 @@ info = sw.pretrain_motion_adapter('models/shapes-sd15', out + '/shapes-motion-ad
 info["loss"] = f"(1 - {weight}) * mse + {weight} * appearance-debiased mse"
 torch.nn.functional.mse_loss = real_mse
 json.dump(info, open(out + '/pretraining.json', 'w'), indent=1)
-here = '/work/main/experiments/results/2026-11-29/video-direction-probe'
-code = open(os.path.join(here, 'dircheck.py')).read()
-sys.argv = ['dircheck.py', model_dir, out + '/shapes-motion-adapter', out + '/dircheck.json']
-exec(compile(code, 'dircheck.py', 'exec'))
+run_dircheck(model_dir, out + '/shapes-motion-adapter', out + '/dircheck.json')

@@ -35,6 +35,6 @@ by = collections.defaultdict(list)
 for r in rows:
     if r['disp'] is not None:
         by[(r['prompt'].rsplit(', moving', 1)[0], r['seed'])].append(r['disp'])
-within = np.mean([np.var(np.array(v), axis=0).sum() for v in by.values() if len(v) == 4])
+within = np.mean([np.var(np.array(v), axis=0).sum() for v in by.values() if len(v) == len(dirs)])
 total = np.var(np.array([r['disp'] for r in rows if r['disp'] is not None]), axis=0).sum()
 print('displacement variance: total', total, 'within seed across direction words', within, 'share', within / total)

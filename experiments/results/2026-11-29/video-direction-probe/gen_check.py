@@ -1,7 +1,7 @@
 # Does a toy-trained direction mechanism carry over to other captions? dircheck over N training image captions
 # (optionally only those with a given position), left/right words, the same 2 seeds per word.
 # usage: gen_check.py MODEL ADAPTER OUT.json [position]
-import sys, json, random, collections, numpy as np, torch
+import sys, json, random, numpy as np, torch
 sys.path.insert(0, '/work/main')
 import shapes_world as sw
 sys.path.insert(0, '/work/main/experiments/results/2026-11-29/video-direction-probe')

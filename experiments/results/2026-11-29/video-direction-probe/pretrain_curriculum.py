@@ -6,6 +6,8 @@ import json, os, sys
 sys.path.insert(0, '/work/main')
 import torch
 import shapes_world as sw
+sys.path.insert(0, '/work/main/experiments/results/2026-11-29/video-direction-probe')
+from clip_displacements import run_dircheck
 
 torch.set_num_threads(1)
 out, stage1, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -24,7 +26,4 @@ for directions, steps, mismatch_rate in (({"right": horizontal["right"]}, stage1
                                       mismatch_rate=mismatch_rate, video_model_dir=out + '/shapes-sd15-video')
 info.update(directions=list(sw.DIRECTIONS), curriculum=f"steps 0-{stage1}: right only; {stage1}-{total}: left and right")
 json.dump(info, open(out + '/pretraining.json', 'w'), indent=1)
-here = os.path.dirname(os.path.abspath(__file__))
-code = open(os.path.join(here, 'dircheck.py')).read().replace("len(v) == 4", f"len(v) == {len(sw.DIRECTIONS)}")
-sys.argv = ['dircheck.py', out + '/shapes-sd15-video', out + '/shapes-motion-adapter', out + '/dircheck.json']
-exec(compile(code, 'dircheck.py', 'exec'))
+run_dircheck(out + '/shapes-sd15-video', out + '/shapes-motion-adapter', out + '/dircheck.json')

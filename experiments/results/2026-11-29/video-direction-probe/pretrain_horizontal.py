@@ -2,10 +2,12 @@
 # on one caption, never up/down.) Pretrain as vw3 (image UNet cross-attention + motion modules, 600 steps) with
 # shapes_world.DIRECTIONS cut to the horizontal pair, then run dircheck.py under the same cut.
 # usage (from /work/main): pretrain_horizontal.py OUT_DIR STEPS
-import json, os, sys
+import json, sys
 sys.path.insert(0, '/work/main')
 import torch
 import shapes_world as sw
+sys.path.insert(0, '/work/main/experiments/results/2026-11-29/video-direction-probe')
+from clip_displacements import run_dircheck
 
 torch.set_num_threads(1)
 sw.DIRECTIONS = {name: sw.DIRECTIONS[name] for name in ("left", "right")}
@@ -14,7 +16,4 @@ info = sw.pretrain_motion_adapter('models/shapes-sd15', out + '/shapes-motion-ad
                                   video_model_dir=out + '/shapes-sd15-video')
 info["directions"] = list(sw.DIRECTIONS)
 json.dump(info, open(out + '/pretraining.json', 'w'), indent=1)
-here = os.path.dirname(os.path.abspath(__file__))
-code = open(os.path.join(here, 'dircheck.py')).read().replace("len(v) == 4", f"len(v) == {len(sw.DIRECTIONS)}")
-sys.argv = ['dircheck.py', out + '/shapes-sd15-video', out + '/shapes-motion-adapter', out + '/dircheck.json']
-exec(compile(code, 'dircheck.py', 'exec'))
+run_dircheck(out + '/shapes-sd15-video', out + '/shapes-motion-adapter', out + '/dircheck.json')

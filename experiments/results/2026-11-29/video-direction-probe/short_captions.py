@@ -2,10 +2,12 @@
 # so that for those clips the text says nothing but the direction, as the toy's text varied only in it, while
 # the clips keep the full grammar's variety. dircheck then uses full captions, and short_check the short ones.
 # Cross-attention + motion modules. usage: short_captions.py OUT STEPS SHARE
-import json, os, sys, types
+import json, sys, types
 sys.path.insert(0, '/work/main')
 import numpy as np, torch
 import shapes_world as sw
+sys.path.insert(0, '/work/main/experiments/results/2026-11-29/video-direction-probe')
+from clip_displacements import run_dircheck
 torch.set_num_threads(1)
 out, steps, share = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 # mismatch() is called for a share (mismatch_rate) of the clips: those get the direction-only caption instead
@@ -29,7 +31,4 @@ with open(out + '/short_check.txt', 'w') as f:
                 disps.append(np.round((np.array(cs[-1]) - np.array(cs[0])) / 32, 2).tolist() if len(cs) > 1 else None)
         print(d, disps, file=f)
 print(open(out + '/short_check.txt').read())
-here = '/work/main/experiments/results/2026-11-29/video-direction-probe'
-code = open(os.path.join(here, 'dircheck.py')).read()
-sys.argv = ['dircheck.py', out + '/shapes-sd15-video', out + '/shapes-motion-adapter', out + '/dircheck.json']
-exec(compile(code, 'dircheck.py', 'exec'))
+run_dircheck(out + '/shapes-sd15-video', out + '/shapes-motion-adapter', out + '/dircheck.json')

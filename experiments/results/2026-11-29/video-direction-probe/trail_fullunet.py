@@ -2,11 +2,13 @@
 # that the spatial layers can learn to draw from the word (first order, like position), and the motion modules
 # then only need (local cue) x (frame index), which toy runs learn. vw13/vw14 tried the trail with only the
 # cross-attention trainable. usage: trail_fullunet.py OUT STEPS [lr]   (lr: only left/right)
-import json, os, sys
+import json, sys
 sys.path.insert(0, '/work/p10')
 import torch
 from diffusers import UNetMotionModel
 import trail
+sys.path.insert(0, '/work/main/experiments/results/2026-11-29/video-direction-probe')
+from clip_displacements import run_dircheck
 sw = trail.sw
 torch.set_num_threads(1)
 sw.render_video = trail.render_video_with_trail
@@ -19,7 +21,4 @@ info = sw.pretrain_motion_adapter('/work/main/models/shapes-sd15', out + '/shape
 info["trained"] = "motion modules + whole image UNet (trail renderer)"
 info["directions"] = list(sw.DIRECTIONS)
 json.dump(info, open(out + '/pretraining.json', 'w'), indent=1)
-here = '/work/main/experiments/results/2026-11-29/video-direction-probe'
-code = open(os.path.join(here, 'dircheck.py')).read().replace("len(v) == 4", f"len(v) == {len(sw.DIRECTIONS)}")
-sys.argv = ['dircheck.py', out + '/shapes-sd15-video', out + '/shapes-motion-adapter', out + '/dircheck.json']
-exec(compile(code, 'dircheck.py', 'exec'))
+run_dircheck(out + '/shapes-sd15-video', out + '/shapes-motion-adapter', out + '/dircheck.json')
