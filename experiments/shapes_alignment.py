@@ -80,6 +80,8 @@ def parse_args(input_args=None):
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--base_model", default="models/shapes-sd15")
     parser.add_argument("--preference_data", default="data/shapes-pickapic")
+    parser.add_argument("--video_base_model", default="models/shapes-sd15-video",
+                        help="The image model the motion adapter was pretrained with (its cross-attention tuned).")
     parser.add_argument("--motion_adapter", default="models/shapes-motion-adapter")
     parser.add_argument("--video_data", default="data/shapes-chronomagic")
     parser.add_argument("--seeds", type=int, default=3, help="Seeds of the main methods (and of the video part).")
@@ -140,7 +142,8 @@ def train_command(args, run: Run) -> List[str]:
               "--checkpointing_steps", str(args.checkpointing_steps), "--report_to", "tensorboard"]
     if run.video:
         return [sys.executable, os.path.join(REPO_ROOT, "train_sspo_animatediff.py"),
-                "--pretrained_model_name_or_path", args.base_model, "--motion_adapter_name_or_path", args.motion_adapter,
+                "--pretrained_model_name_or_path", args.video_base_model,
+                "--motion_adapter_name_or_path", args.motion_adapter,
                 "--video_folder", os.path.join(args.video_data, "videos"),
                 "--metadata_file", os.path.join(args.video_data, "ChronoMagic_train.csv"),
                 "--beta_schedule", "scaled_linear", "--num_frames", "8", "--sample_stride", "1",
@@ -223,7 +226,7 @@ def evaluate(args, runs: List[Run], split: str, video: bool = False):
         versions.update(lora_versions(args, run))
     out = os.path.join(args.output_dir, "eval", f"{split}-{kind}")
     command = [sys.executable, os.path.join(REPO_ROOT, "evaluate_sspo.py"), "--pretrained_model_name_or_path",
-               args.base_model, "--prompts", os.path.join(REPO_ROOT, "data", f"shapes-{split}-{kind}-prompts.txt"),
+               args.video_base_model if video else args.base_model, "--prompts", os.path.join(REPO_ROOT, "data", f"shapes-{split}-{kind}-prompts.txt"),
                "--metrics", "shapes_video_reward" if video else "shapes_reward",
                "--images_per_prompt", str(args.images_per_prompt), "--num_inference_steps", str(args.eval_steps),
                "--guidance_scale", str(args.guidance_scale), "--seed", "0", "--output_dir", out, "--grid_prompts", "0",
