@@ -19,7 +19,7 @@ model folder and an ordinary dataset.
     python shapes_world.py pretrain_video --model models/shapes-sd15 --video_model_dir models/shapes-sd15-video \
         --output_dir models/shapes-motion-adapter                                  # the shipped video model, ~19 min
     python shapes_world.py preferences --model models/shapes-sd15 --guidance_scale 2 --output_dir data/shapes-pickapic
-    python shapes_world.py video_preferences --model models/shapes-sd15-video --guidance_scale 2 \
+    python shapes_world.py video_preferences --model models/shapes-sd15-video --guidance_scale 2 --pairs_per_caption 2 \
         --motion_adapter models/shapes-motion-adapter --output_dir data/shapes-chronomagic
     python shapes_world.py prompts --output_dir data      # train / held-out prompt files
     python shapes_world.py check --model models/shapes-sd15   # base reward vs renderer vs chance
@@ -951,17 +951,19 @@ def make_image_preferences(model_dir: str, output_dir: str, seed: int = 0, margi
 
 def make_video_preferences(model_dir: str, motion_adapter_dir: str, output_dir: str, seed: int = 0,
                            margin: float = 0.05, num_inference_steps: int = 20, guidance_scale: float = 5.0,
-                           num_frames: int = 8, num_captions: Optional[int] = None) -> Dict:
-    """The video counterpart: two base clips per training caption, judged by the video reward.
-    Winners go to a ChronoMagic-layout folder (``videos/<id>.mp4`` + ``ChronoMagic_train.csv``),
-    ties are dropped, and the losers are kept in ``losers/<id>.mp4`` with ``pairs.csv``."""
+                           num_frames: int = 8, num_captions: Optional[int] = None, pairs_per_caption: int = 1) -> Dict:
+    """The video counterpart: two base clips per training caption (``pairs_per_caption`` such pairs, as
+    Pick-a-Pic has several pairs per prompt), judged by the video reward. Winners go to a
+    ChronoMagic-layout folder (``videos/<id>.mp4`` + ``ChronoMagic_train.csv``), ties are dropped,
+    and the losers are kept in ``losers/<id>.mp4`` with ``pairs.csv``."""
     import csv
 
     from sspo_utils import save_video
 
     train_specs, _ = video_split()
     specs = train_specs if num_captions is None else random.Random(seed).sample(train_specs, num_captions)
-    captions = [spec.caption for spec in specs]
+    # Round after round over the captions, so the first round is the data of pairs_per_caption=1.
+    captions = [spec.caption for _ in range(pairs_per_caption) for spec in specs]
     pipeline = load_pipeline(model_dir, motion_adapter_dir)
     clips = generate(pipeline, [c for c in captions for _ in range(2)],
                      [seed * 1_000_000 + i for i in range(2 * len(captions))], num_inference_steps, guidance_scale,
@@ -989,7 +991,7 @@ def make_video_preferences(model_dir: str, motion_adapter_dir: str, output_dir: 
         writer.writerows(pairs)
     summary = {"model": model_dir, "motion_adapter": motion_adapter_dir, "captions": len(captions), "seed": seed,
                "margin": margin, "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
-               "num_frames": num_frames, "ties": len(pairs) - len(winners),
+               "num_frames": num_frames, "pairs_per_caption": pairs_per_caption, "ties": len(pairs) - len(winners),
                "mean_reward_all": float(np.mean([p[2] for p in pairs] + [p[3] for p in pairs])),
                "mean_reward_winners": float(np.mean([w[2] for w in winners])) if winners else None}
     with open(os.path.join(output_dir, "preferences.json"), "w") as f:
@@ -1102,6 +1104,8 @@ def parse_args(input_args=None):
         command.add_argument("--output_dir", required=True)
         command.add_argument("--margin", type=float, default=0.05, help="Reward difference under which a pair is a tie.")
         command.add_argument("--num_captions", type=int, default=None, help="Default: every training caption.")
+    video_preferences.add_argument("--pairs_per_caption", type=int, default=1,
+                                   help="Pairs of clips per caption, each from new seeds (the shipped data: 2).")
     check.add_argument("--prompts", required=True, help="A prompt file written by the prompts command.")
     check.add_argument("--output", default=None, help="Also write the numbers to this JSON file.")
     prompts = commands.add_parser("prompts", help="Write the held-out and training evaluation prompt files.")
@@ -1138,7 +1142,8 @@ def main(args):
                                         args.guidance_scale, args.num_captions)
     elif args.command == "video_preferences":
         result = make_video_preferences(args.model, args.motion_adapter, args.output_dir, args.seed, args.margin,
-                                        args.num_inference_steps, args.guidance_scale, num_captions=args.num_captions)
+                                        args.num_inference_steps, args.guidance_scale, num_captions=args.num_captions,
+                                        pairs_per_caption=args.pairs_per_caption)
     elif args.command == "prompts":
         result = write_prompt_files(args.output_dir, args.num_prompts, args.num_prompts, args.seed)
     else:

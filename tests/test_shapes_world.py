@@ -253,6 +253,17 @@ def test_video_preferences_write_chronomagic_winners_and_keep_losers(random_shap
         assert (out / "videos" / f"{row['videoid']}.mp4").is_file()
         assert (out / "losers" / f"{row['videoid']}.mp4").is_file()
 
+    # Several pairs per caption, as Pick-a-Pic has: round after round over the same captions, new seeds each time.
+    more = sw.make_video_preferences(random_shapes_model, adapter, str(tmp_path / "more"), num_inference_steps=2,
+                                     num_frames=4, num_captions=3, margin=-1.0, pairs_per_caption=2)
+    with open(tmp_path / "more" / "pairs.csv") as f:
+        more_pairs = list(csv.DictReader(f))
+    assert more["pairs_per_caption"] == 2 and len(more_pairs) == 6
+    assert [p["caption"] for p in more_pairs] == [p["caption"] for p in pairs] * 2
+    assert len({p["videoid"] for p in more_pairs}) == 6
+    clip = lambda pair: (tmp_path / "more" / "videos" / f"{pair['videoid']}.mp4").read_bytes()
+    assert all(clip(first) != clip(second) for first, second in zip(more_pairs[:3], more_pairs[3:]))
+
 
 # --- pretraining ---------------------------------------------------------------------------------
 
