@@ -87,10 +87,6 @@ def test_readme_video_quickstart_writes_the_lora_card_and_a_paired_report(video_
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="issue 10: the video base does not follow the direction word, and the video "
-                                        "LoRA's held-out gain is within noise: seed 0 (this command) passes narrowly, "
-                                        "+0.006, seeds 1 and 2 give +0.001 and -0.003 (experiments/results/2026-11-29/"
-                                        "decoder-quickstart/results.md)")
 def test_readme_video_quickstart_aligns_the_shapes_video_model(video_quickstart):
     base, lora = held_out_rewards(video_quickstart / "sspo-shapes-video-eval" / "report.json", "shapes_video_reward")
     assert lora["mean"] > base["mean"], (base, lora)
