@@ -116,8 +116,8 @@ def split_specs(specs: Sequence[ShapeSpec], fraction: float = HELD_OUT_FRACTION,
     """(train, held_out): a fixed share of the combinations, and any spec in ``also_held``, is held out of
     every training set."""
     held = set(random.Random(HELD_OUT_SEED).sample(range(len(specs)), round(fraction * len(specs))))
-    held_out = [s for i, s in enumerate(specs) if i in held or s in also_held]
-    return [s for s in specs if s not in held_out], held_out
+    held |= {i for i, s in enumerate(specs) if s in also_held}
+    return [s for i, s in enumerate(specs) if i not in held], [s for i, s in enumerate(specs) if i in held]
 
 
 def image_split():
@@ -989,9 +989,10 @@ def make_video_preferences(model_dir: str, motion_adapter_dir: str, output_dir: 
         writer = csv.writer(f)
         writer.writerow(["videoid", "caption", "reward_0", "reward_1", "label_0"])
         writer.writerows(pairs)
-    summary = {"model": model_dir, "motion_adapter": motion_adapter_dir, "captions": len(captions), "seed": seed,
+    summary = {"model": model_dir, "motion_adapter": motion_adapter_dir, "captions": len(specs), "seed": seed,
                "margin": margin, "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
-               "num_frames": num_frames, "pairs_per_caption": pairs_per_caption, "ties": len(pairs) - len(winners),
+               "num_frames": num_frames, "pairs_per_caption": pairs_per_caption, "pairs": len(pairs),
+               "ties": len(pairs) - len(winners),
                "mean_reward_all": float(np.mean([p[2] for p in pairs] + [p[3] for p in pairs])),
                "mean_reward_winners": float(np.mean([w[2] for w in winners])) if winners else None}
     with open(os.path.join(output_dir, "preferences.json"), "w") as f:

@@ -225,8 +225,9 @@ def evaluate(args, runs: List[Run], split: str, video: bool = False):
     for run in runs:
         versions.update(lora_versions(args, run))
     out = os.path.join(args.output_dir, "eval", f"{split}-{kind}")
+    base_model = args.video_base_model if video else args.base_model
     command = [sys.executable, os.path.join(REPO_ROOT, "evaluate_sspo.py"), "--pretrained_model_name_or_path",
-               args.video_base_model if video else args.base_model, "--prompts", os.path.join(REPO_ROOT, "data", f"shapes-{split}-{kind}-prompts.txt"),
+               base_model, "--prompts", os.path.join(REPO_ROOT, "data", f"shapes-{split}-{kind}-prompts.txt"),
                "--metrics", "shapes_video_reward" if video else "shapes_reward",
                "--images_per_prompt", str(args.images_per_prompt), "--num_inference_steps", str(args.eval_steps),
                "--guidance_scale", str(args.guidance_scale), "--seed", "0", "--output_dir", out, "--grid_prompts", "0",
