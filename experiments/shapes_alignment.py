@@ -20,58 +20,23 @@ with AnimateDiff).
 """
 
 import argparse
-import dataclasses
 import datetime
-import glob
 import json
 import os
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List
 
-import numpy as np
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
+from experiments.ssr_agreement import measure_ssr_agreement
+from experiments.study_report import write_report
+from experiments.study_runs import (MAIN_METHODS, Run, evaluate, evaluate_splits, final_models, has_image_parts,
+                                    train_all)
+from experiments.study_stats import prompt_matrix, read_scores
 
 PARTS = ("beta", "main", "ablations", "snapshots", "sampling", "ssr", "video")
-MAIN_METHODS = ("sft", "dpo", "sspo", "spin")
-METHOD_FLAGS = {
-    "sft": ["--loss_type", "sft"],
-    "dpo": ["--loss_type", "dpo"],
-    "sspo": ["--loss_type", "sspo", "--reference_strategy", "uniform", "--ssr", "sft"],
-    "spin": ["--loss_type", "sspo", "--reference_strategy", "latest", "--ssr", "off"],
-    "sspo_initial_ref": ["--loss_type", "sspo", "--reference_strategy", "initial", "--ssr", "sft"],
-    "sspo_ssr_off": ["--loss_type", "sspo", "--reference_strategy", "uniform", "--ssr", "off"],
-    "sspo_flip": ["--loss_type", "sspo", "--reference_strategy", "uniform", "--ssr", "flip"],
-}
-METHOD_LABELS = {"base": "base (no training)", "sft": "SFT on winners", "dpo": "Diffusion-DPO on pairs",
-                 "sspo": "SSPO (RCR + SSR)", "spin": "SPIN-like (latest ref, no SSR)",
-                 "sspo_initial_ref": "SSPO, reference = initial", "sspo_ssr_off": "SSPO, SSR off",
-                 "sspo_flip": "SSPO, v1 flip"}
-
-
-@dataclasses.dataclass
-class Run:
-    name: str  # folder name under runs/, unique
-    method: str  # key of METHOD_FLAGS
-    seed: int
-    part: str
-    beta: float = None
-    snapshot_steps: int = None
-    self_sample_steps: int = None
-    video: bool = False
-
-    def flags(self, args) -> List[str]:
-        """The method's flags; every other setting is shared by all runs (train_command)."""
-        flags = list(METHOD_FLAGS[self.method])
-        if self.method != "sft":
-            flags += ["--beta_dpo", str(self.beta)]
-        flags += ["--snapshot_steps", str(self.snapshot_steps or args.snapshot_steps),
-                  "--self_sample_steps", str(self.self_sample_steps or args.self_sample_steps)]
-        return flags
 
 
 def parse_args(input_args=None):
@@ -127,204 +92,6 @@ QUICK_SETTINGS = dict(seeds=1, max_train_steps=4, video_steps=2, train_batch_siz
 
 
 # ---------------------------------------------------------------------------
-# Launching runs
-# ---------------------------------------------------------------------------
-
-def run_dir(args, run: Run) -> str:
-    return os.path.join(args.output_dir, "runs", run.name)
-
-
-def train_command(args, run: Run) -> List[str]:
-    common = ["--seed", str(run.seed), "--output_dir", run_dir(args, run), "--rank", str(args.rank),
-              "--learning_rate", str(args.learning_rate), "--lr_scheduler", "constant", "--lr_warmup_steps", "0",
-              "--train_batch_size", str(args.train_batch_size), "--resolution", "32",
-              "--self_sample_guidance_scale", str(args.guidance_scale),
-              "--checkpointing_steps", str(args.checkpointing_steps), "--report_to", "tensorboard"]
-    if run.video:
-        return [sys.executable, os.path.join(REPO_ROOT, "train_sspo_animatediff.py"),
-                "--pretrained_model_name_or_path", args.video_base_model,
-                "--motion_adapter_name_or_path", args.motion_adapter,
-                "--video_folder", os.path.join(args.video_data, "videos"),
-                "--metadata_file", os.path.join(args.video_data, "ChronoMagic_train.csv"),
-                "--beta_schedule", "scaled_linear", "--num_frames", "8", "--sample_stride", "1",
-                "--train_target", args.video_train_target,
-                "--max_train_steps", str(args.video_steps), *common, *run.flags(args)]
-    return [sys.executable, os.path.join(REPO_ROOT, "train_sspo_sd15.py"),
-            "--pretrained_model_name_or_path", args.base_model, "--dataset_name", args.preference_data,
-            "--dataset_split_name", "train", "--max_train_steps", str(args.max_train_steps), *common, *run.flags(args)]
-
-
-def is_trained(args, run: Run) -> bool:
-    return os.path.isfile(os.path.join(run_dir(args, run), "timing.json"))
-
-
-def train(args, run: Run):
-    """One training run, resumed from its newest checkpoint when a previous study was stopped.
-    Records the wall-clock time at which each checkpoint was complete (its folder's mtime)."""
-    out = run_dir(args, run)
-    command = train_command(args, run)
-    if glob.glob(os.path.join(out, "checkpoint-*")):
-        command += ["--resume_from_checkpoint", "latest"]
-    if args.dry_run:
-        print(" ".join(command))
-        return
-    os.makedirs(out, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               PYTHONHASHSEED="0")
-    began = time.time()
-    with open(os.path.join(out, "train.log"), "a") as log:
-        result = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    if result.returncode != 0:
-        raise RuntimeError(f"run {run.name} failed (exit {result.returncode}); see {out}/train.log")
-    checkpoints = {int(p.rsplit("-", 1)[1]): os.path.getmtime(p) - began for p in glob.glob(os.path.join(out, "checkpoint-*"))}
-    with open(os.path.join(out, "timing.json"), "w") as f:
-        json.dump({"command": command, "seconds": time.time() - began, "threads": 1, "resumed": "latest" in command,
-                   "checkpoint_seconds": dict(sorted(checkpoints.items()))}, f, indent=2)
-
-
-def train_all(args, runs: List[Run]):
-    pending = [run for run in runs if not is_trained(args, run)]
-    print(f"{len(runs) - len(pending)} of {len(runs)} runs already trained; training {len(pending)}.", flush=True)
-    def train_and_report(run):
-        train(args, run)
-        print(f"{'would train' if args.dry_run else 'trained'} {run.name}", flush=True)
-
-    with ThreadPoolExecutor(max_workers=1 if args.dry_run else args.jobs) as pool:
-        list(pool.map(train_and_report, pending))  # list() re-raises a failed run's error
-
-
-# ---------------------------------------------------------------------------
-# Scoring (evaluate_sspo.py with the ground-truth reward)
-# ---------------------------------------------------------------------------
-
-def version_name(run_name: str, step: int) -> str:
-    """The evaluation's model name of a run's LoRA at a step (a plain folder name)."""
-    return f"{run_name}-step{step}"
-
-
-def parse_version(name: str):
-    run_name, _, step = name.rpartition("-step")
-    return run_name, int(step)
-
-
-def lora_versions(args, run: Run) -> Dict[str, str]:
-    """{model name: LoRA folder}: every checkpoint of the run, and its final LoRA."""
-    out = run_dir(args, run)
-    checkpoints = [] if args.no_curves else glob.glob(os.path.join(out, "checkpoint-*"))
-    versions = {version_name(run.name, int(p.rsplit("-", 1)[1])): p for p in checkpoints}
-    steps = args.video_steps if run.video else args.max_train_steps
-    versions[version_name(run.name, steps)] = out  # the final LoRA (also the last checkpoint's weights)
-    return dict(sorted(versions.items(), key=lambda kv: parse_version(kv[0])))
-
-
-def evaluate(args, runs: List[Run], split: str, video: bool = False):
-    """Generate and score every version of every run on a prompt file. Generation resumes, so a
-    re-run only draws the images of new runs; the base is drawn once."""
-    kind = "video" if video else "image"
-    versions = {}
-    for run in runs:
-        versions.update(lora_versions(args, run))
-    out = os.path.join(args.output_dir, "eval", f"{split}-{kind}")
-    base_model = args.video_base_model if video else args.base_model
-    command = [sys.executable, os.path.join(REPO_ROOT, "evaluate_sspo.py"), "--pretrained_model_name_or_path",
-               base_model, "--prompts", os.path.join(REPO_ROOT, "data", f"shapes-{split}-{kind}-prompts.txt"),
-               "--metrics", "shapes_video_reward" if video else "shapes_reward",
-               "--images_per_prompt", str(args.images_per_prompt), "--num_inference_steps", str(args.eval_steps),
-               "--guidance_scale", str(args.guidance_scale), "--seed", "0", "--output_dir", out, "--grid_prompts", "0",
-               "--generation_batch_size", "64"]
-    if args.num_prompts:
-        command += ["--num_prompts", str(args.num_prompts)]
-    if video:
-        command += ["--task", "video", "--motion_adapter_name_or_path", args.motion_adapter, "--num_frames", "8"]
-    if versions:
-        command += ["--lora_path", *versions.values(), "--model_names", *versions.keys()]
-    if args.dry_run:
-        print(" ".join(command))
-        return out
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    with open(os.path.join(args.output_dir, f"eval-{split}-{kind}.log"), "a") as log:
-        result = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    if result.returncode != 0:
-        raise RuntimeError(f"evaluation of {split} ({kind}) failed; see {args.output_dir}/eval-{split}-{kind}.log")
-    return out
-
-
-def evaluate_splits(args, runs: List[Run], video: bool = False):
-    """The training and held-out captions, one evaluation process each, side by side."""
-    with ThreadPoolExecutor(max_workers=1 if args.dry_run else 2) as pool:
-        list(pool.map(lambda split: evaluate(args, runs, split, video), ("train", "heldout")))
-
-
-def read_scores(eval_dir: str) -> Dict[str, Dict[tuple, float]]:
-    """{model: {(prompt_index, image_index): reward}} from evaluate_sspo.py's scores.jsonl."""
-    scores = {}
-    with open(os.path.join(eval_dir, "scores.jsonl")) as f:
-        for line in f:
-            row = json.loads(line)
-            value = next(iter(row["scores"].values()))
-            scores.setdefault(row["model"], {})[(row["prompt_index"], row["image_index"])] = value
-    return scores
-
-
-# ---------------------------------------------------------------------------
-# Statistics: bootstrap over seeds and prompts (rliable's stratified idea, one task set)
-# ---------------------------------------------------------------------------
-
-BOOTSTRAP_SAMPLES = 2000
-
-
-def prompt_matrix(scores: Dict[str, Dict[tuple, float]], models: List[str]) -> np.ndarray:
-    """(seeds, prompts) matrix of per-prompt mean rewards, one row per model (= one seed's run)."""
-    rows = []
-    for model in models:
-        per_prompt = {}
-        for (prompt, _), value in scores[model].items():
-            per_prompt.setdefault(prompt, []).append(value)
-        rows.append([np.mean(per_prompt[p]) for p in sorted(per_prompt)])
-    return np.array(rows)
-
-
-def bootstrap(statistic, matrices: List[np.ndarray], seed: int = 0):
-    """Point value and 95% CI of ``statistic(*matrices)``, resampling seeds (rows, each matrix on its
-    own) and prompts (columns, shared, so that pairs stay paired) with replacement."""
-    rng = np.random.default_rng(seed)
-    num_prompts = matrices[0].shape[1]
-    values = []
-    for _ in range(BOOTSTRAP_SAMPLES):
-        prompts = rng.integers(0, num_prompts, num_prompts)
-        values.append(statistic(*[m[rng.integers(0, len(m), len(m))][:, prompts] for m in matrices]))
-    low, high = np.quantile(values, [0.025, 0.975])
-    return {"value": float(statistic(*matrices)), "ci_low": float(low), "ci_high": float(high)}
-
-
-def mean_reward(matrix):
-    return matrix.mean()
-
-
-def mean_difference(method, base):
-    """Paired gain over the base: prompts are resampled together, so prompt difficulty cancels."""
-    return method.mean() - base.mean()
-
-
-def win_rate(method, base):
-    """Paired win rate against the base: per prompt and seed, the same sampling seeds; ties 0.5."""
-    base_row = base[0]
-    return np.mean(np.where(method > base_row, 1.0, np.where(method == base_row, 0.5, 0.0)))
-
-
-def probability_of_improvement(x, y):
-    """P(X > Y): for each prompt, the share of (run of X, run of Y) pairs where X's reward is higher
-    (ties 0.5), averaged over prompts (rliable's definition, prompts as tasks)."""
-    greater = (x[:, None, :] > y[None, :, :]).mean(axis=(0, 1))
-    ties = (x[:, None, :] == y[None, :, :]).mean(axis=(0, 1))
-    return np.mean(greater + 0.5 * ties)
-
-
-def final_models(args, runs: List[Run]) -> List[str]:
-    return [version_name(run.name, args.video_steps if run.video else args.max_train_steps) for run in runs]
-
-
-# ---------------------------------------------------------------------------
 # The study
 # ---------------------------------------------------------------------------
 
@@ -377,11 +144,6 @@ def study_runs(args, betas: Dict) -> Dict[str, List[Run]]:
     return parts
 
 
-def has_image_parts(args) -> bool:
-    """Whether the study trains any image run (a video-only study does not)."""
-    return bool(set(args.parts) - {"video"})
-
-
 def unique(runs: List[Run]) -> List[Run]:
     return list({run.name: run for run in runs}.values())
 
@@ -425,12 +187,8 @@ def main(args):
     if args.dry_run:
         return
     if "ssr" in args.parts and not args.report_only:
-        from experiments.ssr_agreement import measure_ssr_agreement
-
         measure_ssr_agreement(args, ssr_test_runs(args, parts, image_runs, betas),
                               os.path.join(args.output_dir, "ssr_agreement.json"), args.ssr_winners)
-    from experiments.study_report import write_report
-
     write_report(args, betas, parts, sweep, time.time() - started)
 
 

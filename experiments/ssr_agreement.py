@@ -42,9 +42,13 @@ def _load_run(base_model: str, rank: int):
     return tokenizer, text_encoder, vae, unet, noise_scheduler, sampler
 
 
+DRAWS = 4  # (t, ε) draws per winner for the averaged candidates; the first is the trainer's own
+
+
 @torch.no_grad()
 def agreement_at_checkpoint(checkpoint: str, components, winners, args, seed: int) -> List[Dict]:
-    """One record per winner: the reference drawn, SSR's decision and both samples' rewards."""
+    """One record per winner: the reference drawn, the per-sample errors every candidate switch reads,
+    and the true rewards of the reference's sample x^s and of the policy's sample (same caption, seed)."""
     from diffusers import StableDiffusionPipeline
 
     import shapes_world
@@ -60,32 +64,104 @@ def agreement_at_checkpoint(checkpoint: str, components, winners, args, seed: in
     pool.load(os.path.join(checkpoint, POOL_FILE_NAME))
     generator = torch.Generator().manual_seed(seed)
     negative = encode_prompt_ids(text_encoder, tokenize(tokenizer, [""]))
+
+    def to_image(latents):
+        pixels = vae.decode(latents / vae.config.scaling_factor).sample
+        array = ((pixels[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        return Image.fromarray(array)
+
     records = []
-    for i, (caption, image) in enumerate(winners):
+    for caption, image in winners:
         embeds = encode_prompt_ids(text_encoder, tokenize(tokenizer, [caption]))
         pixels = shapes_world.to_tensor([image])
         latents = vae.encode(pixels).latent_dist.sample(generator) * vae.config.scaling_factor
-        noise = torch.randn(latents.shape, generator=generator)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (1,), generator=generator)
-        noisy = noise_scheduler.add_noise(latents, noise, t)
-        target = training_target(noise_scheduler, latents, noise, t)
+        draws = []
+        for _ in range(DRAWS):
+            noise = torch.randn(latents.shape, generator=generator)
+            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (1,), generator=generator)
+            draws.append((noise, t))
         index = pool.sample("uniform", generator)
-        with pool.swapped_in(index):
-            ref_err_w = per_sample_error(unet(noisy, t, embeds).sample, target)
-        model_err_w = per_sample_error(unet(noisy, t, embeds).sample, target)
-        _, info = sspo_loss(model_err_w, model_err_w, ref_err_w, ref_err_w, 1.0, "sft")
         sample_seed = int(torch.randint(0, 2**31, (1,), generator=generator))
-        kwargs = dict(prompt_embeds=embeds, negative_prompt_embeds=negative, height=32, width=32,
-                      num_inference_steps=args.self_sample_steps, guidance_scale=args.guidance_scale, output_type="pil")
+        sampling = dict(prompt_embeds=embeds, negative_prompt_embeds=negative, height=32, width=32,
+                        num_inference_steps=args.self_sample_steps, guidance_scale=args.guidance_scale)
+
+        def errors_on(x0, noise, t):
+            noisy = noise_scheduler.add_noise(x0, noise, t)
+            target = training_target(noise_scheduler, x0, noise, t)
+            with pool.swapped_in(index):
+                ref = float(per_sample_error(unet(noisy, t, embeds).sample, target)[0])
+            return float(per_sample_error(unet(noisy, t, embeds).sample, target)[0]), ref
+
+        model_w, ref_w = zip(*[errors_on(latents, noise, t) for noise, t in draws])
         with pool.swapped_in(index):
-            reference_image = sampler(generator=torch.Generator().manual_seed(sample_seed), **kwargs).images[0]
-        policy_image = sampler(generator=torch.Generator().manual_seed(sample_seed), **kwargs).images[0]
+            self_sample = sampler.sample_latents(generator=torch.Generator().manual_seed(sample_seed), **sampling)
+        policy_sample = sampler.sample_latents(generator=torch.Generator().manual_seed(sample_seed), **sampling)
+        model_s, ref_s = errors_on(self_sample, *draws[0])  # t and ε shared with the winner, as in the trainer
+        noisy_w = noise_scheduler.add_noise(latents, *draws[0])
+        with pool.swapped_in(0):  # snapshot 0 is the initial model
+            init_w = float(per_sample_error(unet(noisy_w, draws[0][1], embeds).sample,
+                                            training_target(noise_scheduler, latents, *draws[0]))[0])
+        _, info = sspo_loss(torch.tensor(model_w[:1]), torch.tensor([model_s]), torch.tensor(ref_w[:1]),
+                            torch.tensor([ref_s]), 1.0, "sft")
         records.append({"caption": caption, "reference_step": pool.steps[index],
                         "ssr_sft": bool(info["ssr_indicator"][0] <= 0),
+                        "model_err_w": list(model_w), "ref_err_w": list(ref_w), "model_err_s": model_s,
+                        "ref_err_s": ref_s, "init_err_w": init_w,
                         "reward_winner": shapes_world.reward(image, caption),
-                        "reward_reference": shapes_world.reward(reference_image, caption),
-                        "reward_policy": shapes_world.reward(policy_image, caption)})
+                        "reward_reference": shapes_world.reward(to_image(self_sample), caption),
+                        "reward_policy": shapes_world.reward(to_image(policy_sample), caption)})
     return records
+
+
+# Candidate switches (PLAN.md, rule C): SFT decisions from a record's errors, and their cost in extra
+# UNet forwards per sample (no grad) over the paper's SSR.
+def _mean_difference(record):
+    return np.mean(np.array(record["model_err_w"]) - np.array(record["ref_err_w"]))
+
+
+def _standard_error(record):
+    d = np.array(record["model_err_w"]) - np.array(record["ref_err_w"])
+    return d.std(ddof=1) / np.sqrt(len(d))
+
+
+CANDIDATES = {
+    "ssr (paper)": (lambda r: r["model_err_w"][0] > r["ref_err_w"][0], 0),
+    "avg": (lambda r: _mean_difference(r) > 0, 2 * (DRAWS - 1)),
+    "margin": (lambda r: _mean_difference(r) > _standard_error(r), 2 * (DRAWS - 1)),
+    "self_sample": (lambda r: r["model_err_s"] < r["ref_err_s"], 0),
+    "winner_preserving": (lambda r: r["model_err_w"][0] > r["init_err_w"], 1),
+}
+
+
+def score_candidates(records: List[Dict], seed: int = 0) -> Dict:
+    """Each candidate's agreement with the sign of reward(x^s) - reward(policy sample), ties 0.5, with
+    a 95% bootstrap CI over records, its SFT share and its cost; plus always-DPO and always-SFT."""
+    diff = np.array([r["reward_reference"] - r["reward_policy"] for r in records])
+    rng = np.random.default_rng(seed)
+    resamples = rng.integers(0, len(records), (2000, len(records)))
+
+    def agreement(sft):
+        values = np.where(diff == 0, 0.5, (sft == (diff > 0)).astype(float))
+        means = values[resamples].mean(1)
+        return {"value": float(values.mean()), "ci_low": float(np.quantile(means, 0.025)),
+                "ci_high": float(np.quantile(means, 0.975))}
+
+    scored = {}
+    for name, (decide, cost) in CANDIDATES.items():
+        sft = np.array([bool(decide(r)) for r in records])
+        scored[name] = {"agreement": agreement(sft), "sft_share": float(sft.mean()), "extra_unet_forwards": cost}
+    for name, constant in (("always DPO", False), ("always SFT", True)):
+        scored[name] = {"agreement": agreement(np.full(len(records), constant)), "sft_share": float(constant),
+                        "extra_unet_forwards": 0}
+    return scored
+
+
+def choose_switch(scored: Dict) -> str:
+    """PLAN.md, rule C: the new candidate with the highest agreement; within 0.01 of it, the cheapest."""
+    new = {k: v for k, v in scored.items() if k in CANDIDATES and k != "ssr (paper)"}
+    best = max(v["agreement"]["value"] for v in new.values())
+    close = [k for k, v in new.items() if v["agreement"]["value"] >= best - 0.01]
+    return min(close, key=lambda k: (new[k]["extra_unet_forwards"], -new[k]["agreement"]["value"]))
 
 
 def summarize(records: List[Dict], seed: int = 0) -> Dict:
@@ -115,9 +191,9 @@ def measure_ssr_agreement(args, runs, output_path: str, winners_per_checkpoint: 
     """Over every checkpoint of the given SSPO runs; resumes per checkpoint from ``output_path``."""
     import datasets
 
-    from experiments.shapes_alignment import run_dir
+    from experiments.study_runs import run_dir
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # one thread, like every run of the studies
     done = json.load(open(output_path)) if os.path.isfile(output_path) else {"records": {}}
     rows = datasets.load_dataset(args.preference_data, split="train")
     decided = [row for row in rows if row["label_0"] in (0, 1)]
@@ -157,6 +233,14 @@ def measure_ssr_agreement(args, runs, output_path: str, winners_per_checkpoint: 
     if o["self_sample_beats_winner"]:
         lines += ["", f"The self-sample x^s (the reference's sample) had a higher true reward than the dataset's winner "
                       f"x^w in {fmt(o['self_sample_beats_winner'])} of the cases."]
+    if everything and "model_err_s" in everything[0]:  # the records carry what the candidate switches read
+        done["candidates"] = score_candidates(everything)
+        done["chosen_switch"] = choose_switch(done["candidates"])
+        lines += ["", "| candidate switch (PLAN.md, rule C) | agreement | SFT share | extra UNet forwards per sample |",
+                  "|---|---|---|---|"]
+        lines += [f"| {name} | {fmt(c['agreement'])} | {c['sft_share']:.2f} | {c['extra_unet_forwards']} |"
+                  for name, c in done["candidates"].items()]
+        lines += ["", f"Chosen by rule C: **{done['chosen_switch']}**."]
     done["summary_markdown"] = "\n".join(lines)
     with open(output_path, "w") as f:
         json.dump(done, f, indent=2)

@@ -10,9 +10,10 @@ from typing import Dict, List
 import numpy as np
 
 from experiments.reward_grid import reward_grid
-from experiments.shapes_alignment import (MAIN_METHODS, METHOD_LABELS, Run, bootstrap, final_models, has_image_parts,
-                                          mean_difference, mean_reward, parse_version, probability_of_improvement,
-                                          prompt_matrix, read_scores, run_dir, version_name, win_rate)
+from experiments.study_runs import (MAIN_METHODS, METHOD_LABELS, Run, final_models, has_image_parts, parse_version,
+                                    run_dir, version_name)
+from experiments.study_stats import (bootstrap, mean_difference, mean_reward, probability_of_improvement, prompt_matrix,
+                                     read_scores, win_rate)
 
 
 def method_of(runs: List[Run], method: str) -> List[Run]:

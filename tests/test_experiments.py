@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from experiments import shapes_alignment as study
+from experiments import study_runs, study_stats
 
 
 def test_every_launched_command_parses_with_the_real_trainers(tmp_path):
@@ -18,7 +19,7 @@ def test_every_launched_command_parses_with_the_real_trainers(tmp_path):
     parts = study.study_runs(args, betas)
     runs = study.unique(study.beta_runs(args) + [run for runs in parts.values() for run in runs])
     for run in runs:
-        command = study.train_command(args, run)
+        command = study_runs.train_command(args, run)
         trainer = train_sspo_animatediff if run.video else train_sspo_sd15
         parsed = trainer.parse_args(command[2:])
         assert parsed.seed == run.seed and parsed.max_train_steps == (args.video_steps if run.video else args.max_train_steps)
@@ -64,18 +65,18 @@ def test_ssr_test_reads_the_main_sspo_runs_or_else_the_default_sspo_run_of_anoth
 
 def test_probability_of_improvement_and_win_rate():
     low, high = np.zeros((3, 5)), np.ones((3, 5))
-    assert study.probability_of_improvement(high, low) == 1.0
-    assert study.probability_of_improvement(low, high) == 0.0
-    assert study.probability_of_improvement(low, low) == 0.5
+    assert study_stats.probability_of_improvement(high, low) == 1.0
+    assert study_stats.probability_of_improvement(low, high) == 0.0
+    assert study_stats.probability_of_improvement(low, low) == 0.5
     method = np.array([[1.0, 0.0, 0.5, 0.2]])
     base = np.array([[0.5, 0.5, 0.5, 0.5]])
-    assert study.win_rate(method, base) == pytest.approx((1 + 0 + 0.5 + 0) / 4)
+    assert study_stats.win_rate(method, base) == pytest.approx((1 + 0 + 0.5 + 0) / 4)
 
 
 def test_bootstrap_interval_covers_the_value_and_narrows_with_data():
     rng = np.random.default_rng(0)
     small, large = rng.normal(0.5, 0.1, (2, 8)), rng.normal(0.5, 0.1, (4, 64))
-    a, b = study.bootstrap(study.mean_reward, [small]), study.bootstrap(study.mean_reward, [large])
+    a, b = study_stats.bootstrap(study_stats.mean_reward, [small]), study_stats.bootstrap(study_stats.mean_reward, [large])
     for stat in (a, b):
         assert stat["ci_low"] <= stat["value"] <= stat["ci_high"]
     assert b["ci_high"] - b["ci_low"] < a["ci_high"] - a["ci_low"]
@@ -87,7 +88,7 @@ def test_quick_shrinks_every_part_but_keeps_them_all(tmp_path):
     parts = study.study_runs(args, {"dpo": {"beta": 500.0}, "sspo": {"beta": 2000.0}})
     assert set(parts) == {"main", "ablations", "snapshots", "sampling", "video"}
     methods = {run.method for runs in parts.values() for run in runs}
-    assert methods == set(study.METHOD_FLAGS)
+    assert methods == set(study_runs.METHOD_FLAGS)
     # the sweeps reuse the main SSPO run (no extra process starts), but their tables are still written
     main_sspo = {run.name for run in parts["main"] if run.method == "sspo"}
     assert {run.name for run in parts["snapshots"] + parts["sampling"]} == main_sspo
@@ -103,8 +104,8 @@ def test_quick_study_runs_end_to_end_and_writes_its_report(tmp_path):
     import sys
 
     out = tmp_path / "quick"
-    result = subprocess.run([sys.executable, os.path.join(study.REPO_ROOT, "experiments", "shapes_alignment.py"),
-                             "--quick", "--output_dir", str(out)], cwd=study.REPO_ROOT, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, os.path.join(study_runs.REPO_ROOT, "experiments", "shapes_alignment.py"),
+                             "--quick", "--output_dir", str(out)], cwd=study_runs.REPO_ROOT, capture_output=True, text=True,
                             env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
