@@ -1,0 +1,317 @@
+# Copyright 2026 The SSPO reference implementation authors. Apache-2.0.
+"""The decisive study's report: curves with CI bands, final tables, pairwise differences with
+rliable's probability of improvement, stability, equal compute and the verdict table of PLAN.md's
+rules, all from the raw outputs under ``<output_dir>/<regime>/{runs,eval}``. Runs that have not
+landed yet are left out, and every table says how many seeds it holds."""
+
+import json
+import os
+from typing import Dict, List
+
+import numpy as np
+
+from experiments.study_runs import METHOD_LABELS, Run, version_name
+from experiments.study_stats import (bootstrap, mean_difference, probability_of_improvement, prompt_matrix,
+                                     read_scores, win_rate)
+
+LABELS = {**METHOD_LABELS, "sspo_switch": "SSPO, new switch"}
+ORDER = ("sft", "dpo", "sspo", "spin", "sspo_switch", "sspo_initial_ref", "sspo_ssr_off")
+PAIRS = (("sspo", "dpo"), ("sspo", "spin"), ("sspo", "sft"), ("sspo_switch", "sspo"), ("sspo", "sspo_initial_ref"),
+         ("sspo", "sspo_ssr_off"))
+NON_INFERIORITY_MARGIN = 0.01  # PLAN.md, rule H
+
+
+def signed(stat, digits=3) -> str:
+    return f"{stat['value']:+.{digits}f} [{stat['ci_low']:+.{digits}f}, {stat['ci_high']:+.{digits}f}]"
+
+
+def table(rows: List[List[str]], header: List[str]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def load_scores(out: str, regime: str) -> Dict[str, Dict]:
+    scores = {}
+    for name in ("curve-heldout", "curve-train", "final-heldout", "final-train"):
+        path = os.path.join(out, regime, "eval", name)
+        if os.path.isfile(os.path.join(path, "scores.jsonl")):
+            scores[name] = read_scores(path)
+    return scores
+
+
+def landed(out: str, regime: str, runs: List[Run]) -> Dict[str, List[Run]]:
+    """{method: runs that are trained and scored}, the main/ablation/switch runs at the study's β."""
+    by_method = {}
+    for run in runs:
+        if os.path.isfile(os.path.join(out, regime, "runs", run.name, "scored.json")):
+            by_method.setdefault(run.method, []).append(run)
+    return by_method
+
+
+def matrix(scores, runs: List[Run], step: int):
+    models = [version_name(run.name, step) for run in runs]
+    if not runs or any(m not in scores for m in models):
+        return None
+    return prompt_matrix(scores, models)
+
+
+def gain_entry(method_matrix, base) -> Dict:
+    return {"gain": bootstrap(mean_difference, [method_matrix, base]),
+            "gain_captions_fixed": bootstrap(mean_difference, [method_matrix, base], resample_prompts=False),
+            "win_rate": bootstrap(win_rate, [method_matrix, base])}
+
+
+def seed_spread(method_matrix, base, seed: int = 0) -> Dict:
+    """Per-seed final gains, their standard deviation and the worst seed."""
+    gains = method_matrix.mean(1) - base.mean()
+    return {"per_seed": [float(g) for g in gains], "sd": float(gains.std(ddof=1)) if len(gains) > 1 else None,
+            "worst": float(gains.min())}
+
+
+def sd_ratio(a, b, base, seed: int = 0) -> Dict:
+    """SD(a's per-seed gains) / SD(b's), with a bootstrap CI resampling each method's seeds."""
+    ga, gb = a.mean(1) - base.mean(), b.mean(1) - base.mean()
+    if len(ga) < 2 or len(gb) < 2 or gb.std(ddof=1) == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    ratios = []
+    for _ in range(2000):
+        ra, rb = ga[rng.integers(0, len(ga), len(ga))], gb[rng.integers(0, len(gb), len(gb))]
+        if rb.std(ddof=1) > 0:
+            ratios.append(ra.std(ddof=1) / rb.std(ddof=1))
+    low, high = np.quantile(ratios, [0.025, 0.975])
+    return {"value": float(ga.std(ddof=1) / gb.std(ddof=1)), "ci_low": float(low), "ci_high": float(high)}
+
+
+def training_cpu_seconds(out, regime, runs: List[Run], steps: int) -> List[float]:
+    """CPU seconds of each whole run: the trainer's CPU time over the steps its last invocation
+    trained, scaled to all ``steps`` (a resumed run's earlier invocations were not measured)."""
+    seconds = []
+    for run in runs:
+        with open(os.path.join(out, regime, "runs", run.name, "timing.json")) as f:
+            timing = json.load(f)
+        trained = steps - timing.get("resumed_from_step", 0)
+        seconds.append(timing["cpu_seconds"] * steps / trained if "cpu_seconds" in timing and trained > 0
+                       else float("nan"))
+    return seconds
+
+
+def plot(path, title, series: Dict[str, Dict[int, Dict]], ylabel):
+    try:
+        import matplotlib
+    except ImportError:  # the report's numbers do not need it
+        print(f"matplotlib not installed: {os.path.basename(path)} not drawn", flush=True)
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    for label, points in series.items():
+        steps = sorted(points)
+        axis.plot(steps, [points[s]["value"] for s in steps], marker="o", label=label)
+        axis.fill_between(steps, [points[s]["ci_low"] for s in steps], [points[s]["ci_high"] for s in steps], alpha=0.15)
+    axis.set_xscale("symlog", linthresh=50)
+    axis.axhline(0, color="grey", linewidth=0.8)
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return True
+
+
+def regime_report(args, out: str, regime: str, spec: Dict, runs: List[Run], results: Dict) -> List[str]:
+    scores = load_scores(out, regime)
+    methods = landed(out, regime, [r for r in runs if r.beta in (None, args.beta)])
+    res = results.setdefault(regime, {})
+    md = [f"## {regime.capitalize()} regime: {spec['data']}, {spec['steps']} steps", ""]
+    if "final-heldout" not in scores or not methods:
+        return md + ["No run has landed yet.", ""]
+    steps = spec["steps"]
+    ordered = [m for m in ORDER if m in methods]
+    # Final step, 8 images per caption
+    final = {}
+    rows = []
+    for split in ("heldout", "train"):
+        s = scores[f"final-{split}"]
+        base = prompt_matrix(s, ["base"])
+        final[split] = {"base": base}
+        for m in ordered:
+            mat = matrix(s, methods[m], steps)
+            if mat is None:
+                continue
+            final[split][m] = mat
+            entry = {**gain_entry(mat, base), "seeds": [r.seed for r in methods[m]], **seed_spread(mat, base)}
+            res.setdefault("final", {}).setdefault(split, {})[m] = entry
+    for m in ordered:
+        h = res["final"]["heldout"].get(m)
+        t = res["final"].get("train", {}).get(m)
+        if not h:
+            continue
+        seconds = training_cpu_seconds(out, regime, methods[m], steps)
+        res.setdefault("compute", {})[m] = {"train_cpu_seconds_mean": float(np.mean(seconds)),
+                                            "heldout_gain_per_cpu_hour": h["gain"]["value"] / (np.mean(seconds) / 3600)}
+        rows.append([LABELS[m], str(len(h["seeds"])), signed(h["gain"]), signed(h["gain_captions_fixed"]),
+                     f"{h['win_rate']['value']:.2f}", signed(t["gain"]) if t else "-",
+                     f"{t['gain']['value'] - h['gain']['value']:+.3f}" if t else "-",
+                     f"{h['sd']:.3f}" if h["sd"] is not None else "-", f"{h['worst']:+.3f}",
+                     f"{np.mean(seconds):.0f}", f"{res['compute'][m]['heldout_gain_per_cpu_hour']:+.3f}"])
+    base_reward = final["heldout"]["base"].mean()
+    md += [f"Final step ({steps}), {args.final_images} images per caption; base reward {base_reward:.3f} on the 90 "
+           "held-out captions. Gains are paired differences from the base; first interval: captions and seeds "
+           "resampled; second: captions fixed (seeds resampled within each caption).", "",
+           table(rows, ["method", "seeds", "held-out gain", "held-out gain, captions fixed", "win rate",
+                        "training-caption gain", "train − held-out", "seed SD", "worst seed",
+                        "training CPU-s", "held-out gain per CPU-hour"]), ""]
+    # Pairwise differences, final and along the curve
+    pair_rows = []
+    for a, b in PAIRS:
+        if a in final["heldout"] and b in final["heldout"]:
+            fa, fb = final["heldout"][a], final["heldout"][b]
+            diff = {"difference": bootstrap(mean_difference, [fa, fb]),
+                    "difference_captions_fixed": bootstrap(mean_difference, [fa, fb], resample_prompts=False),
+                    "p_improvement": bootstrap(probability_of_improvement, [fa, fb])}
+            res.setdefault("pairs_final", {})[f"{a} - {b}"] = diff
+            pair_rows.append([f"{LABELS[a]} − {LABELS[b]}", signed(diff["difference"]),
+                              signed(diff["difference_captions_fixed"]), signed(diff["p_improvement"], 2)])
+    if pair_rows:
+        md += ["### Pairwise differences at the final step (held-out)", "",
+               table(pair_rows, ["pair", "difference", "difference, captions fixed", "P(first better)"]), ""]
+    # Curves, 2 images per caption
+    curves, gaps = {}, {}
+    for split in ("heldout", "train"):
+        s = scores.get(f"curve-{split}")
+        if s is None:
+            continue
+        base = prompt_matrix(s, ["base"])
+        for m in ordered:
+            points = {0: {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0}}
+            for step in spec["score_steps"]:
+                mat = matrix(s, methods[m], step)
+                if mat is not None:
+                    points[step] = bootstrap(mean_difference, [mat, base])
+            curves.setdefault(split, {})[m] = points
+    for m in ordered:
+        h, t = curves.get("heldout", {}).get(m, {}), curves.get("train", {}).get(m, {})
+        gaps[m] = {step: t[step]["value"] - h[step]["value"] for step in h if step in t and step}
+    res["curves"] = {split: {m: {str(k): v for k, v in c.items()} for m, c in by.items()} for split, by in curves.items()}
+    res["train_minus_heldout"] = {m: {str(k): v for k, v in g.items()} for m, g in gaps.items()}
+    curve_rows = []
+    for step in spec["score_steps"]:
+        row = [str(step)]
+        for m in ordered:
+            point = curves.get("heldout", {}).get(m, {}).get(step)
+            row.append(signed(point) if point else "-")
+        curve_rows.append(row)
+    md += [f"### Held-out gain along training ({args.curve_images} images per caption)", "",
+           table(curve_rows, ["step"] + [LABELS[m] for m in ordered]), ""]
+    gap_rows = [[str(step)] + [f"{gaps[m][step]:+.3f}" if step in gaps.get(m, {}) else "-" for m in ordered]
+                for step in spec["score_steps"]]
+    md += ["### Training-caption gain minus held-out gain (overfitting shows here first)", "",
+           table(gap_rows, ["step"] + [LABELS[m] for m in ordered]), ""]
+    pair_curve = []
+    for a, b in PAIRS:
+        row = [f"{LABELS[a]} − {LABELS[b]}"]
+        for step in spec["score_steps"]:
+            s = scores.get("curve-heldout")
+            ma = matrix(s, methods.get(a, []), step) if s else None
+            mb = matrix(s, methods.get(b, []), step) if s else None
+            row.append(signed(bootstrap(mean_difference, [ma, mb])) if ma is not None and mb is not None else "-")
+        if any(c != "-" for c in row[1:]):
+            pair_curve.append(row)
+    if pair_curve:
+        md += ["### Pairwise held-out differences at each scored step (2 images per caption)", "",
+               table(pair_curve, ["pair"] + [str(s) for s in spec["score_steps"]]), ""]
+    for split in curves:
+        name = f"{regime}_gain_vs_step_{split}.png"
+        if plot(os.path.join(out, name), f"{regime} regime: gain over the base, {split} captions",
+                {LABELS[m]: c for m, c in curves[split].items()}, "reward − base reward (paired)"):
+            md += [f"![{name}]({name})", ""]
+    res["_matrices"] = {"final_heldout": final["heldout"]}
+    return md
+
+
+def verdicts(results: Dict, ssr: Dict) -> List[List[str]]:
+    """PLAN.md's rules E-H and A, applied to what has landed."""
+    def pair(regime, name):
+        return results.get(regime, {}).get("pairs_final", {}).get(name, {}).get("difference")
+
+    def three_way(stat, supported, refuted):
+        if stat is None:
+            return "not measured yet"
+        return "supported" if supported(stat) else "refuted" if refuted(stat) else "undecided"
+
+    rows = []
+    for label, comparator in (("latest (SPIN-like)", "spin"), ("initial", "sspo_initial_ref")):
+        d = pair("small", f"sspo - {comparator}")
+        rows.append([f"A. RCR mitigates overfitting (against {label}), small regime",
+                     three_way(d, lambda s: s["ci_low"] > 0, lambda s: s["ci_high"] < 0), signed(d) if d else "-"])
+    if ssr:
+        paper, always = ssr["ssr (paper)"]["agreement"], ssr["always DPO"]["agreement"]
+        verdict = ("supported" if paper["ci_low"] > max(0.5, always["value"]) else
+                   "refuted" if paper["ci_high"] < 0.5 or paper["ci_high"] < always["value"] else "undecided")
+        rows.append(["E. SSR switches correctly (offline agreement with the true reward)", verdict,
+                     f"{signed(paper, 2)} vs always-DPO {always['value']:.2f}"])
+    else:
+        rows.append(["E. SSR switches correctly", "not measured yet", "-"])
+    ratio = results.get("small", {}).get("sd_ratio_sspo_vs_ssr_off")
+    rows.append(["F. SSR stabilises training (seed SD, SSPO / SSR off), small regime",
+                 three_way(ratio, lambda s: s["ci_high"] < 1, lambda s: s["ci_low"] > 1), signed(ratio) if ratio else "-"])
+    sft = [pair(r, "sspo - sft") for r in ("small", "full")]
+    rows.append(["G. SSPO beats SFT", "not measured yet" if all(d is None for d in sft) else
+                 "refuted" if any(d and d["ci_high"] < 0 for d in sft) else
+                 "supported" if all(d and d["ci_low"] > 0 for d in sft) else
+                 "undecided (" + ", ".join(r for r, d in zip(("small", "full"), sft) if d and d["ci_low"] > 0) + " supported)"
+                 if any(d and d["ci_low"] > 0 for d in sft) else "undecided",
+                 "; ".join(f"{r}: {signed(d)}" for r, d in zip(("small", "full"), sft) if d)])
+    dpo = [pair(r, "sspo - dpo") for r in ("small", "full")]
+    rows.append([f"H. SSPO matches or beats DPO without losers (margin {NON_INFERIORITY_MARGIN})",
+                 "not measured yet" if all(d is None for d in dpo) else
+                 "refuted" if any(d and d["ci_high"] < 0 for d in dpo) else
+                 "supported" if all(d and d["ci_low"] > -NON_INFERIORITY_MARGIN for d in dpo) else "undecided",
+                 "; ".join(f"{r}: {signed(d)}" for r, d in zip(("small", "full"), dpo) if d)])
+    new = [pair(r, "sspo_switch - sspo") for r in ("small", "full")]
+    rows.append(["D. The new switch beats the paper's SSR (becomes the default)",
+                 "not measured yet" if all(d is None for d in new) else
+                 "supported" if any(d and d["ci_low"] > 0 for d in new) and not any(d and d["ci_high"] < 0 for d in new)
+                 else "refuted" if any(d and d["ci_high"] < 0 for d in new) else "undecided",
+                 "; ".join(f"{r}: {signed(d)}" for r, d in zip(("small", "full"), new) if d)])
+    return rows
+
+
+def write_report(args, jobs: List[tuple], regimes: Dict[str, Dict]):
+    out = args.output_dir
+    results = {"settings": {k: v for k, v in vars(args).items()}}
+    md = ["# The decisive study: do RCR and SSR help?", "",
+          "Plan, power estimate and decision rules, written before the runs: [PLAN.md](PLAN.md). Every number is the "
+          "shapes world's exact reward. Runs land over several sessions; each table says how many seeds it holds.", ""]
+    if args.quick:
+        md[1:1] = ["", "**A `--quick` run: a few steps of every phase, to check that the study runs. Its numbers mean "
+                       "nothing.**"]
+    for regime, spec in regimes.items():
+        runs = [run for r, run in jobs if r == regime]
+        md += regime_report(args, out, regime, spec, runs, results)
+        matrices = results.get(regime, {}).pop("_matrices", {}).get("final_heldout", {})
+        if "sspo" in matrices and "sspo_ssr_off" in matrices:
+            results[regime]["sd_ratio_sspo_vs_ssr_off"] = sd_ratio(matrices["sspo"], matrices["sspo_ssr_off"],
+                                                                   matrices["base"])
+    ssr_path = os.path.join(out, "ssr_candidates.json")
+    ssr = None
+    if os.path.isfile(ssr_path):
+        with open(ssr_path) as f:
+            agreement = json.load(f)
+        ssr = agreement.get("candidates")
+        md += ["## SSR's switch and the candidates, offline on training captions (rule C)", "",
+               agreement["summary_markdown"], ""]
+    md += ["## Verdicts (PLAN.md's rules)", "",
+           table(verdicts(results, ssr), ["claim", "verdict", "the numbers that decide it"]), ""]
+    results["verdicts"] = verdicts(results, ssr)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=2, default=str)
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    print(f"report: {os.path.join(out, 'report.md')}", flush=True)
+    return results

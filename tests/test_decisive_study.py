@@ -1,0 +1,134 @@
+"""The decisive study (experiments/decisive_study.py): its plan follows the issue's priorities, its runs
+are valid trainer commands on the regime's data, the small regime's subset is fixed, the candidate
+switches decide as PLAN.md defines them, and rule C chooses as written."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments import decisive_study as study
+from experiments import ssr_agreement, study_runs, study_stats
+
+
+def test_plan_puts_the_small_main_methods_first_and_every_seed_before_the_next():
+    args = study.parse_args(["--output_dir", "unused"])
+    jobs = study.plan(args)
+    first = jobs[:4 * args.seeds]
+    assert {regime for regime, _ in first} == {"small"}
+    assert {run.method for _, run in first} == set(study.MAIN_METHODS)
+    assert [run.seed for _, run in first] == [s for s in range(args.seeds) for _ in study.MAIN_METHODS]
+    phases = [run.part for _, run in jobs]
+    assert phases.index("full_main") > phases.index("small_main")
+    assert phases[-1] == "small_ablations"
+    names = [(regime, run.name) for regime, run in jobs]
+    assert len(names) == len(set(names))
+
+
+def test_every_run_is_a_valid_trainer_command_on_its_regime(tmp_path):
+    import train_sspo_sd15
+
+    args = study.parse_args(["--output_dir", str(tmp_path)])
+    for regime, run in study.plan(args):
+        rargs = study.regime_args(args, regime)
+        parsed = train_sspo_sd15.parse_args(study_runs.train_command(rargs, run)[2:])
+        assert parsed.dataset_name == study.REGIMES[regime]["data"]
+        assert parsed.max_train_steps == study.REGIMES[regime]["steps"]
+        assert study.REGIMES[regime]["steps"] in study.REGIMES[regime]["score_steps"]
+        assert all(step % parsed.checkpointing_steps == 0 for step in study.REGIMES[regime]["score_steps"])
+        if run.method != "sft":
+            assert parsed.beta_dpo == (args.beta_check if run.part == "small_beta" else args.beta)
+
+
+def test_the_small_regime_subset_is_the_shipped_one_and_independent_of_training_seeds():
+    """The subset is chosen by SUBSET_SEED from the shipped data: re-deriving it gives the same rows."""
+    import random
+
+    import datasets
+
+    meta = json.load(open(os.path.join(study.REPO_ROOT, study.REGIMES["small"]["data"], "preferences.json")))
+    assert meta["subset_seed"] == study.SUBSET_SEED
+    rows = datasets.load_dataset(os.path.join(study.REPO_ROOT, study.REGIMES["full"]["data"]), split="train")
+    decided = [i for i, label in enumerate(rows["label_0"]) if label in (0, 1)]
+    assert sorted(random.Random(study.SUBSET_SEED).sample(decided, meta["winners"])) == meta["rows_of_source"]
+    subset = datasets.load_dataset(os.path.join(study.REPO_ROOT, study.REGIMES["small"]["data"]), split="train")
+    assert subset["caption"] == [rows[i]["caption"] for i in meta["rows_of_source"]]
+    assert all(label in (0, 1) for label in subset["label_0"])
+    with open(os.path.join(study.REPO_ROOT, study.REGIMES["small"]["train_prompts"])) as f:
+        assert f.read().split("\n")[:-1] == subset["caption"]
+
+
+def test_prepare_data_refuses_to_redraw_the_subset():
+    with pytest.raises(SystemExit, match="chosen once"):
+        study.prepare_data()
+
+
+def record(model_w, ref_w, model_s=1.0, ref_s=1.0, init_w=1.0, reward_ref=0.5, reward_policy=0.4):
+    return {"model_err_w": model_w, "ref_err_w": ref_w, "model_err_s": model_s, "ref_err_s": ref_s,
+            "init_err_w": init_w, "reward_reference": reward_ref, "reward_policy": reward_policy}
+
+
+def test_candidate_switches_decide_as_plan_defines():
+    decide = {name: fn for name, (fn, _) in ssr_agreement.CANDIDATES.items()}
+    # the paper's SSR reads the first draw only; avg reads the mean of all draws
+    r = record([0.6, 0.1, 0.1, 0.1], [0.5, 0.5, 0.5, 0.5])
+    assert decide["ssr (paper)"](r) and not decide["avg"](r)
+    # margin: the mean must exceed its standard error
+    noisy = record([0.52, 0.30, 0.70, 0.50], [0.5, 0.5, 0.5, 0.5])  # mean +0.005, large spread
+    steady = record([0.52, 0.53, 0.51, 0.52], [0.5, 0.5, 0.5, 0.5])
+    assert decide["avg"](noisy) and not decide["margin"](noisy) and decide["margin"](steady)
+    assert decide["self_sample"](record([0.5] * 4, [0.5] * 4, model_s=0.2, ref_s=0.3))
+    assert not decide["self_sample"](record([0.5] * 4, [0.5] * 4, model_s=0.4, ref_s=0.3))
+    assert decide["winner_preserving"](record([0.5] * 4, [0.9] * 4, init_w=0.4))
+    assert not decide["winner_preserving"](record([0.5] * 4, [0.1] * 4, init_w=0.6))
+
+
+def test_candidate_agreement_counts_ties_as_half_and_rule_c_prefers_the_cheapest_within_001():
+    # reference sample better in the first two records (SFT right), worse in the third (DPO right), a tie last
+    records = [record([0.6] * 4, [0.5] * 4, reward_ref=0.9, reward_policy=0.1),
+               record([0.6] * 4, [0.5] * 4, reward_ref=0.9, reward_policy=0.1),
+               record([0.4] * 4, [0.5] * 4, reward_ref=0.1, reward_policy=0.9),
+               record([0.4] * 4, [0.5] * 4, reward_ref=0.5, reward_policy=0.5)]
+    scored = ssr_agreement.score_candidates(records)
+    assert scored["ssr (paper)"]["agreement"]["value"] == pytest.approx((1 + 1 + 1 + 0.5) / 4)
+    assert scored["always DPO"]["agreement"]["value"] == pytest.approx((0 + 0 + 1 + 0.5) / 4)
+    fake = {name: {"agreement": {"value": v}, "extra_unet_forwards": cost} for name, v, cost in
+            (("ssr (paper)", 0.9, 0), ("avg", 0.70, 6), ("margin", 0.695, 6), ("self_sample", 0.62, 0),
+             ("winner_preserving", 0.691, 1))}
+    assert ssr_agreement.choose_switch(fake) == "winner_preserving"
+    fake["winner_preserving"]["agreement"]["value"] = 0.5
+    assert ssr_agreement.choose_switch(fake) == "avg"
+
+
+def test_captions_fixed_interval_is_narrower_when_captions_vary_more_than_seeds():
+    rng = np.random.default_rng(0)
+    caption_effect = rng.normal(0, 0.1, 90)
+    method = 0.02 + caption_effect + rng.normal(0, 0.005, (5, 90))
+    base = np.zeros((1, 90))
+    wide = study_stats.bootstrap(study_stats.mean_difference, [method, base])
+    narrow = study_stats.bootstrap(study_stats.mean_difference, [method, base], resample_prompts=False)
+    assert narrow["ci_high"] - narrow["ci_low"] < (wide["ci_high"] - wide["ci_low"]) / 3
+    assert narrow["ci_low"] <= narrow["value"] <= narrow["ci_high"]
+
+
+@pytest.mark.slow
+def test_quick_decisive_study_runs_every_phase_and_writes_its_report(tmp_path):
+    """Every phase for a few steps, rule C's offline test and the report; the numbers mean nothing."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "quick"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    for extra in ([], ["--choose_switch"]):
+        result = subprocess.run([sys.executable, os.path.join("experiments", "decisive_study.py"), "--quick",
+                                 "--output_dir", str(out), *extra], cwd=study.REPO_ROOT, capture_output=True,
+                                text=True, env=env)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert {"small", "full", "verdicts"} <= set(results)
+    assert set(results["small"]["final"]["heldout"]) >= {"sspo", "dpo", "sft", "spin"}
+    report = (out / "report.md").read_text()
+    assert "numbers mean nothing" in report and "Verdicts" in report and "candidate switch" in report
+    timing = json.loads((out / "small" / "runs" / "sspo_b500_seed0" / "timing.json").read_text())
+    assert timing["command"][:2] == ["python", "train_sspo_sd15.py"]
