@@ -125,7 +125,7 @@ def plot(path, title, series: Dict[str, Dict[int, Dict]], ylabel):
 
 def regime_report(args, out: str, regime: str, spec: Dict, runs: List[Run], results: Dict) -> List[str]:
     scores = load_scores(out, regime)
-    methods = landed(out, regime, [r for r in runs if r.beta in (None, args.beta)])
+    methods = landed(out, regime, [r for r in runs if r.part != "small_beta"])
     res = results.setdefault(regime, {})
     md = [f"## {regime.capitalize()} regime: {spec['data']}, {spec['steps']} steps", ""]
     if "final-heldout" not in scores or not methods:
@@ -223,15 +223,37 @@ def regime_report(args, out: str, regime: str, spec: Dict, runs: List[Run], resu
         if any(c != "-" for c in row[1:]):
             pair_curve.append(row)
     if pair_curve:
-        md += ["### Pairwise held-out differences at each scored step (2 images per caption)", "",
+        md += [f"### Pairwise held-out differences at each scored step ({args.curve_images} images per caption)", "",
                table(pair_curve, ["pair"] + [str(s) for s in spec["score_steps"]]), ""]
     for split in curves:
         name = f"{regime}_gain_vs_step_{split}.png"
         if plot(os.path.join(out, name), f"{regime} regime: gain over the base, {split} captions",
                 {LABELS[m]: c for m, c in curves[split].items()}, "reward − base reward (paired)"):
             md += [f"![{name}]({name})", ""]
+    md += beta_check(args, out, regime, scores, runs, steps, res)
     res["_matrices"] = {"final_heldout": final["heldout"]}
     return md
+
+
+def beta_check(args, out, regime, scores, runs: List[Run], steps: int, res: Dict) -> List[str]:
+    """PLAN.md, rule B: β_check against β at seed 0, on the final training-caption reward only."""
+    rows = []
+    for method in ("sspo", "dpo"):
+        pair = [next((r for r in runs if r.method == method and r.seed == 0 and r.beta == beta), None)
+                for beta in (args.beta, args.beta_check)]
+        mats = [matrix(scores["final-train"], [r], steps) if r and "final-train" in scores else None for r in pair]
+        if any(m is None for m in mats):
+            continue
+        difference = float(mats[1].mean() - mats[0].mean())
+        redo = difference > 0.01
+        res.setdefault("beta_check", {})[method] = {"train_reward": [float(m.mean()) for m in mats],
+                                                    "difference": difference, "redo_at_beta_check": redo}
+        rows.append([method.upper(), f"{mats[0].mean():.3f}", f"{mats[1].mean():.3f}", f"{difference:+.3f}",
+                     f"yes: rerun at β {args.beta_check:g}" if redo else "no"])
+    if not rows:
+        return []
+    return ["### β check (rule B): final training-caption reward, seed 0", "",
+            table(rows, ["method", f"β {args.beta:g}", f"β {args.beta_check:g}", "difference", "rule B fires"]), ""]
 
 
 def verdicts(results: Dict, ssr: Dict) -> List[List[str]]:

@@ -240,11 +240,14 @@ def main(args):
         with ThreadPoolExecutor(max_workers=1 if args.dry_run else args.jobs) as pool:
             list(pool.map(lambda job: do_job(args, *job, score_now=not args.quick), jobs))  # re-raises a failure
         if args.quick and not args.dry_run:
-            for regime in regimes(args):
+            def score_regime(regime):
                 runs = [run for r, run in jobs if r == regime and not os.path.isfile(scored_marker(args, regime, run))]
                 if runs:
                     score(args, regime, runs)
                     mark_scored(args, regime, runs)
+
+            with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+                list(pool.map(score_regime, regimes(args)))
     if args.dry_run:
         return
     if args.choose_switch:
