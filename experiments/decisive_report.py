@@ -230,9 +230,33 @@ def regime_report(args, out: str, regime: str, spec: Dict, runs: List[Run], resu
         if plot(os.path.join(out, name), f"{regime} regime: gain over the base, {split} captions",
                 {LABELS[m]: c for m, c in curves[split].items()}, "reward − base reward (paired)"):
             md += [f"![{name}]({name})", ""]
+    md += training_logs(out, regime, methods, ordered, res)
     md += beta_check(args, out, regime, scores, runs, steps, res)
     res["_matrices"] = {"final_heldout": final["heldout"]}
     return md
+
+
+def training_logs(out, regime, methods: Dict[str, List[Run]], ordered: List[str], res: Dict) -> List[str]:
+    """Why a variant differs: the share of samples that kept no DPO term (SSR's SFT) and the age of the
+    drawn RCR reference, from each run's scored.json, averaged over seeds."""
+    rows = []
+    for m in ordered:
+        logs = []
+        for run in methods[m]:
+            with open(os.path.join(out, regime, "runs", run.name, "scored.json")) as f:
+                logs.append(json.load(f).get("training_log", {}))
+        cells = []
+        for tag in ("ssr_sft_fraction", "snapshot_age"):
+            halves = [log[tag] for log in logs if tag in log]
+            cells += [f"{np.mean([h[part] for h in halves]):.2f}" if halves else "-" for part in ("first_half", "second_half")]
+        res.setdefault("training_logs", {})[m] = cells
+        if any(c != "-" for c in cells):
+            rows.append([LABELS[m]] + cells)
+    if not rows:
+        return []
+    return ["### What the trainer logged (mean over seeds)", "",
+            table(rows, ["method", "SFT share (no DPO term), 1st half", "2nd half", "reference age in steps, 1st half",
+                         "2nd half"]), ""]
 
 
 def beta_check(args, out, regime, scores, runs: List[Run], steps: int, res: Dict) -> List[str]:

@@ -220,11 +220,29 @@ def do_job(args, regime: str, run: Run, score_now: bool = True):
         print(f"scored {regime}/{run.name}", flush=True)
 
 
+def training_log_summary(args, regime: str, run: Run) -> Dict:
+    """What the trainer logged that explains a method (kept in git; the TensorBoard logs are not): the
+    share of samples SSR sent to SFT (no DPO term) and how many steps old the drawn RCR reference was,
+    averaged over each half of training."""
+    from experiments.study_report import logged_scalar
+
+    summary = {}
+    for tag in ("ssr_sft_fraction", "snapshot_age"):
+        values = logged_scalar(regime_args(args, regime), run, tag)
+        if values:
+            steps = sorted(values)
+            half = len(steps) // 2
+            summary[tag] = {"first_half": float(sum(values[s] for s in steps[:half]) / max(half, 1)),
+                            "second_half": float(sum(values[s] for s in steps[half:]) / max(len(steps) - half, 1))}
+    return summary
+
+
 def mark_scored(args, regime: str, runs: List[Run]):
     for run in runs:
         with open(scored_marker(args, regime, run), "w") as f:
             json.dump({"score_steps": regimes(args)[regime]["score_steps"], "curve_images": args.curve_images,
-                       "final_images": args.final_images}, f)
+                       "final_images": args.final_images, "training_log": training_log_summary(args, regime, run)},
+                      f, indent=2)
 
 
 def main(args):

@@ -132,3 +132,18 @@ def test_quick_decisive_study_runs_every_phase_and_writes_its_report(tmp_path):
     assert "numbers mean nothing" in report and "Verdicts" in report and "candidate switch" in report
     timing = json.loads((out / "small" / "runs" / "sspo_b500_seed0" / "timing.json").read_text())
     assert timing["command"][:2] == ["python", "train_sspo_sd15.py"]
+
+
+def test_training_log_summary_reads_the_trainers_tensorboard_scalars_by_half(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    args = study.parse_args(["--output_dir", str(tmp_path)])
+    run = study.make_run("sspo", 0, args.beta, "small_main")
+    writer = SummaryWriter(os.path.join(study_runs.run_dir(study.regime_args(args, "small"), run), "logs", "sspo"))
+    for step in range(1, 5):
+        writer.add_scalar("ssr_sft_fraction", 1.0 if step <= 2 else 0.0, step)
+        writer.add_scalar("snapshot_age", float(step), step)
+    writer.close()
+    summary = study.training_log_summary(args, "small", run)
+    assert summary["ssr_sft_fraction"] == {"first_half": 1.0, "second_half": 0.0}
+    assert summary["snapshot_age"] == {"first_half": 1.5, "second_half": 3.5}
