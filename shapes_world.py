@@ -384,6 +384,22 @@ def video_reward(frames, caption: str) -> float:
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 
 
+def bytes_to_unicode() -> List[str]:
+    """CLIP's reversible byte -> printable-unicode table (one symbol per byte), so that any caption
+    tokenizes. Also the base vocabulary of sspo_tiny's byte-level test tokenizer."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1)
+    )
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in chars]
+
+
 def _bpe(symbols: List[str], ranks: Dict) -> List[str]:
     """Byte-pair encoding as CLIP applies it: merge the best-ranked adjacent pair until none is left."""
     symbols = list(symbols)
@@ -407,9 +423,7 @@ def _bpe(symbols: List[str], ranks: Dict) -> List[str]:
 def write_shapes_tokenizer_files(directory: str):
     """A CLIP vocabulary that is byte-level (any text tokenizes) plus merges that make every word of
     the grammar one token, so that the text encoder sees words, not letters. Returns (vocab, merges)."""
-    from sspo_tiny import _bytes_to_unicode
-
-    symbols = _bytes_to_unicode()
+    symbols = bytes_to_unicode()
     tokens = symbols + [s + "</w>" for s in symbols]
     merges, ranks = [], {}
     for word in grammar_words():
