@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from sspo_utils import training_target
+from sspo_utils import SSPOInputError, run_with_clear_errors, training_target
 
 
 # ---------------------------------------------------------------------------
@@ -384,6 +384,22 @@ def video_reward(frames, caption: str) -> float:
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 
 
+def bytes_to_unicode() -> List[str]:
+    """CLIP's reversible byte -> printable-unicode table (one symbol per byte), so that any caption
+    tokenizes. Also the base vocabulary of sspo_tiny's byte-level test tokenizer."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1)
+    )
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in chars]
+
+
 def _bpe(symbols: List[str], ranks: Dict) -> List[str]:
     """Byte-pair encoding as CLIP applies it: merge the best-ranked adjacent pair until none is left."""
     symbols = list(symbols)
@@ -407,9 +423,7 @@ def _bpe(symbols: List[str], ranks: Dict) -> List[str]:
 def write_shapes_tokenizer_files(directory: str):
     """A CLIP vocabulary that is byte-level (any text tokenizes) plus merges that make every word of
     the grammar one token, so that the text encoder sees words, not letters. Returns (vocab, merges)."""
-    from sspo_tiny import _bytes_to_unicode
-
-    symbols = _bytes_to_unicode()
+    symbols = bytes_to_unicode()
     tokens = symbols + [s + "</w>" for s in symbols]
     merges, ranks = [], {}
     for word in grammar_words():
@@ -724,7 +738,7 @@ def finetune_shipped_decoder(model_dir: str, steps: int) -> Dict:
     with open(info_path) as f:
         info = json.load(f)
     if info.get("decoder_steps"):
-        raise ValueError(f"{model_dir}'s decoder is already fine-tuned ({info['decoder_steps']} steps); a second "
+        raise SSPOInputError(f"{model_dir}'s decoder is already fine-tuned ({info['decoder_steps']} steps); a second "
                          "round would match no rebuild. Start from a model pretrained with --decoder_steps 0.")
     torch.set_num_threads(info["threads"])
     images, _ = pretraining_renders(info["seed"], info["num_renders"], info["mismatch_rate"], info["damage_rate"])
@@ -1115,11 +1129,87 @@ def parse_args(input_args=None):
     for command in (pretrain, video, preferences, video_preferences, check, prompts):
         command.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(input_args)
-    if args.command == "pretrain_video" and args.train_text_encoder and not args.video_model_dir:
-        parser.error("--train_text_encoder needs --video_model_dir")
-    if args.command == "video_preferences" and not args.motion_adapter:
-        parser.error("video_preferences needs --motion_adapter")
+    check_args(args)
     return args
+
+
+def _check_folder(flag: str, path: str, required: Sequence[str], what: str):
+    """A local folder holding every name in ``required``, else SSPOInputError naming the flag."""
+    if not os.path.isdir(path):
+        raise SSPOInputError(f"{flag} {path}: no such folder. Pass {what}.")
+    missing = [name for name in required if not os.path.exists(os.path.join(path, name))]
+    if missing:
+        raise SSPOInputError(f"{flag} {path} has no {missing[0]!r}: it is not {what}.")
+
+
+def check_args(args):
+    """Reject bad flags before anything is loaded or written: missing models or files, counts and
+    steps below 1, rates and scales out of range (one 'error:' line, exit status 2)."""
+    command = args.command
+    # Counts and step numbers: at least 1 (--decoder_steps of pretrain may be 0: no phase 3).
+    for flag, minimum in (("vae_steps", 1), ("unet_steps", 1), ("num_renders", 1), ("batch_size", 1), ("threads", 1),
+                          ("decoder_steps", 0 if command == "pretrain" else 1), ("steps", 1), ("num_clips", 1),
+                          ("num_inference_steps", 1), ("num_captions", 1), ("pairs_per_caption", 1),
+                          ("num_prompts", 1), ("vae_latent_noise", 0)):
+        value = getattr(args, flag, None)
+        if value is not None and not value >= minimum:  # "not >=": NaN fails too
+            raise SSPOInputError(f"--{flag} {value} must be at least {minimum}.")
+    for flag in ("mismatch_rate", "damage_rate"):
+        value = getattr(args, flag, None)
+        if value is not None and not 0 <= value <= 1:
+            raise SSPOInputError(f"--{flag} {value} must be in [0, 1].")
+    if not 0 <= getattr(args, "margin", 0) < 1:
+        raise SSPOInputError(f"--margin {args.margin} must be in [0, 1): rewards lie in [0, 1].")
+    if not getattr(args, "guidance_scale", 1) >= 1:
+        raise SSPOInputError(f"--guidance_scale {args.guidance_scale} must be at least 1 (1 turns guidance off).")
+    if command == "pretrain":
+        for flag in ("unet_lr", "snr_gamma"):
+            if getattr(args, flag) is not None and not getattr(args, flag) > 0:
+                raise SSPOInputError(f"--{flag} {getattr(args, flag)} must be positive.")
+        if args.ema_decay is not None and not 0 < args.ema_decay < 1:
+            raise SSPOInputError(f"--ema_decay {args.ema_decay} must be in (0, 1), e.g. 0.999.")
+    if command == "pretrain_video" and not 2 <= args.num_frames <= 32:
+        raise SSPOInputError(f"--num_frames {args.num_frames} must be in [2, 32] (a move needs 2 frames; the "
+                             "adapter's motion_max_seq_length is 32).")
+    if command == "pretrain_video" and args.train_text_encoder and not args.video_model_dir:
+        raise SSPOInputError("--train_text_encoder needs --video_model_dir, where the trained text encoder is saved.")
+    if command == "video_preferences" and not args.motion_adapter:
+        raise SSPOInputError("video_preferences needs --motion_adapter (e.g. models/shapes-motion-adapter).")
+
+    if hasattr(args, "model"):
+        _check_folder("--model", args.model, ["model_index.json", "unet", "vae", "text_encoder", "tokenizer",
+                                              "scheduler"] + (["pretraining.json"] if command == "finetune_decoder" else []),
+                      "a shapes-world model folder (made by `shapes_world.py pretrain`, e.g. models/shapes-sd15)")
+    if getattr(args, "motion_adapter", None):
+        _check_folder("--motion_adapter", args.motion_adapter, ["config.json"],
+                      "a MotionAdapter folder (made by `shapes_world.py pretrain_video`, e.g. models/shapes-motion-adapter)")
+    if command in ("preferences", "video_preferences") and args.num_captions is not None:
+        available = len((image_split() if command == "preferences" else video_split())[0])
+        if args.num_captions > available:
+            raise SSPOInputError(f"--num_captions {args.num_captions}: there are only {available} training captions.")
+    if command == "check":
+        _check_prompt_file(args.prompts, video=args.motion_adapter is not None)
+
+
+def _check_prompt_file(path: str, video: bool):
+    """check's prompt file: there, shapes-world captions of the checked kind, at least two of them."""
+    kind = "video" if video else "image"
+    if not os.path.isfile(path):
+        raise SSPOInputError(f"--prompts {path}: no such file. Write the prompt files with `shapes_world.py prompts`.")
+    with open(path) as f:
+        lines = [(number, line.strip()) for number, line in enumerate(f, 1) if line.strip()]
+    for number, caption in lines:
+        try:
+            is_video = parse_caption(caption).direction is not None
+        except ValueError:
+            raise SSPOInputError(f"--prompts {path}: line {number} is not a shapes-world caption: {caption!r}.") from None
+        if is_video != video:
+            raise SSPOInputError(f"--prompts {path}: line {number} is {'an image' if video else 'a video'} caption, "
+                                 f"but the check is on {kind}s: pass a shapes-*-{kind}-prompts.txt file, or "
+                                 f"{'drop' if video else 'pass'} --motion_adapter.")
+    if len({caption for _, caption in lines}) < 2:
+        raise SSPOInputError(f"--prompts {path}: needs at least 2 different captions (chance scores each image "
+                             "against another caption of the file).")
 
 
 def main(args):
@@ -1158,4 +1248,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_with_clear_errors(main, parse_args)

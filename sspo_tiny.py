@@ -22,33 +22,16 @@ import random
 import torch
 from PIL import Image, ImageDraw
 
-from shapes_world import COLORS
-
-
-SHAPES = ("circle", "square", "triangle")
-SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
-
-
-def _bytes_to_unicode():
-    # CLIP's reversible byte -> printable-unicode table, so that any caption tokenizes.
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1)
-    )
-    chars = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in chars]
+# The fixtures share the shapes world's palette, shape names and byte-level CLIP vocabulary
+# (this module imports the world, never the other way round).
+from shapes_world import COLORS, SHAPES, SPECIAL_TOKENS, bytes_to_unicode
 
 
 def write_tokenizer_files(directory):
     """A byte-level CLIP vocabulary (each byte alone and word-final, plus the two special
     tokens) with no merges. Returns (vocab_file, merges_file)."""
     os.makedirs(directory, exist_ok=True)
-    symbols = _bytes_to_unicode()
+    symbols = bytes_to_unicode()
     tokens = symbols + [s + "</w>" for s in symbols] + list(SPECIAL_TOKENS)
     vocab = {token: i for i, token in enumerate(tokens)}
     vocab_file = os.path.join(directory, "vocab.json")

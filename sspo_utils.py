@@ -1604,31 +1604,6 @@ def apply_optimizer_step(optimizer, lr_scheduler, nonfinite_guard: NonFiniteGuar
     return step_is_finite
 
 
-def inject_nonfinite_for_tests(loss: torch.Tensor, step: int) -> torch.Tensor:
-    """Test-only fault injection: SSPO_TEST_NONFINITE_STEPS="3,4" makes the loss of those
-    optimizer steps NaN. Unset (always, outside tests) it returns ``loss`` untouched."""
-    steps = os.environ.get("SSPO_TEST_NONFINITE_STEPS")
-    if steps and str(step) in steps.split(","):
-        return loss * float("nan")
-    return loss
-
-
-def dump_rank_state_for_tests(accelerator, reference_pool: "ReferencePool"):
-    """Test-only: with SSPO_TEST_DUMP_RANK_STATE_DIR set, every rank writes its live trained
-    weights and its pool to <dir>/rank<i>.safetensors, so a test can check that DDP ranks agree."""
-    directory = os.environ.get("SSPO_TEST_DUMP_RANK_STATE_DIR")
-    if not directory:
-        return
-    from safetensors.torch import save_file
-
-    os.makedirs(directory, exist_ok=True)
-    tensors = {f"live.{name}": p.detach().cpu().contiguous() for name, p in zip(reference_pool.names, reference_pool.params)}
-    for i, snapshot in enumerate(reference_pool.snapshots):
-        tensors.update({f"snapshot.{i}.{name}": t.cpu().contiguous() for name, t in zip(reference_pool.names, snapshot)})
-    save_file(tensors, os.path.join(directory, f"rank{accelerator.process_index}.safetensors"),
-              metadata={"steps": json.dumps(reference_pool.steps), "num_processes": str(accelerator.num_processes)})
-
-
 def snapshot_and_checkpoint(args, accelerator, global_step, reference_pool, generators, run_config,
                             nonfinite_guard: Optional[NonFiniteGuard] = None, step_was_finite: bool = True):
     """After an optimizer step: offer a snapshot to the RCR pool every --snapshot_steps (SSPO

@@ -46,9 +46,7 @@ from sspo_utils import (
     create_optimizer,
     draw_noise_and_timesteps,
     drop_captions,
-    dump_rank_state_for_tests,
     encode_prompt_ids,
-    inject_nonfinite_for_tests,
     load_base_components,
     log_optimizer_step,
     log_run_header,
@@ -424,7 +422,6 @@ def main(args):
                         loss, info = sspo_loss(model_err_w, model_err_s, ref_err_w, ref_err_s, args.beta_dpo, args.ssr)
                         errors = {"model_err_w": model_err_w, "model_err_s": model_err_s, "ref_err_w": ref_err_w, "ref_err_s": ref_err_s}
 
-                    loss = inject_nonfinite_for_tests(loss, global_step + 1)
                     accelerator.backward(loss)
                     step_metrics.append(micro_batch_metrics(loss, info, errors))
 
@@ -444,7 +441,6 @@ def main(args):
             break
 
     accelerator.wait_for_everyone()
-    dump_rank_state_for_tests(accelerator, reference_pool)
     if accelerator.is_main_process:
         logger.info(f"Saved {args.train_target} weights to {save_trained_weights(args, unwrapped_unet)}")
         finish_run(args, accelerator, unwrapped_unet, vae, text_encoder, tokenizer, noise_scheduler, weight_dtype,

@@ -47,9 +47,7 @@ from sspo_utils import (
     dpo_loss,
     draw_noise_and_timesteps,
     drop_captions,
-    dump_rank_state_for_tests,
     encode_prompt_ids,
-    inject_nonfinite_for_tests,
     load_base_components,
     log_images_to_trackers,
     log_optimizer_step,
@@ -421,7 +419,6 @@ def main(args):
                             loss, info = dpo_loss(model_err_w, model_err_s, ref_err_w, ref_err_s, args.beta_dpo)
                         errors = {"model_err_w": model_err_w, "model_err_s": model_err_s, "ref_err_w": ref_err_w, "ref_err_s": ref_err_s}
 
-                    loss = inject_nonfinite_for_tests(loss, global_step + 1)
                     accelerator.backward(loss)
                     step_metrics.append(micro_batch_metrics(loss, info, errors))
 
@@ -440,7 +437,6 @@ def main(args):
             break
 
     accelerator.wait_for_everyone()
-    dump_rank_state_for_tests(accelerator, reference_pool)
     if accelerator.is_main_process:
         save_lora_atomically(StableDiffusionPipeline, args.output_dir, unwrapped_unet)
         logger.info(f"Saved LoRA weights to {args.output_dir}")

@@ -2,6 +2,8 @@
 last stderr line ``error: ...`` that names the problem and says how to fix it, with no Python
 traceback and without writing a LoRA or a weighted checkpoint. Plus: the --hub_token never
 reaches disk or the logs, and static checks on unsafe loading (trust_remote_code, torch.load).
+The shapes world's commands (shapes_world.py) meet the same standard: exit status 2, one
+``error: ...`` line, and nothing written.
 
 Each case is a plain ``python <script> ...`` subprocess (no accelerate launch, to stay fast).
 All of the module's subprocesses (the cases, the shared rank-8 run the resume case starts
@@ -316,6 +318,203 @@ def test_bad_input_fails_with_one_clear_line(case, background):
 def test_case_table_covers_both_scripts():
     assert len(CASES) >= 13 and len({case.id for case in CASES}) == len(CASES)
     assert {case.script for case in CASES} == {"sd", "ad"}
+
+
+# ---------------------------------------------------------------------------
+# The shapes world's commands
+# ---------------------------------------------------------------------------
+
+SHAPES_WORLD = os.path.join(REPO_ROOT, "shapes_world.py")
+MODEL_FIX = r"pass a shapes-world model folder"
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapesCase:
+    id: str
+    args: Tuple[str, ...]  # "{name}" is filled from shapes_resources; outputs are relative to an empty cwd
+    problem: Tuple[str, ...]  # all of these must be in the error line
+    fix: str  # a regex (case-insensitive) the error line must match
+
+    def __str__(self):
+        return self.id
+
+
+SHAPES_CASES = [
+    ShapesCase("check-nonexistent-model", ("check", "--model", "{missing}", "--prompts", "{prompts}"),
+               ("--model", "no such folder"), MODEL_FIX),
+    ShapesCase("check-missing-prompt-file", ("check", "--model", "{model}", "--prompts", "{missing}.txt",
+                                             "--output", "check.json"),
+               ("--prompts", "no such file"), r"shapes_world\.py prompts"),
+    ShapesCase("check-prompt-file-of-other-text", ("check", "--model", "{model}", "--prompts", "{cat_prompts}"),
+               ("--prompts", "line 1", "not a shapes-world caption"), r"'a photo of a cat'"),
+    ShapesCase("pretrain-negative-unet-steps", ("pretrain", "--unet_steps", "-5", "--output_dir", "model"),
+               ("--unet_steps -5",), r"at least 1"),
+    ShapesCase("pretrain-mismatch-rate-above-1", ("pretrain", "--mismatch_rate", "1.5", "--output_dir", "model"),
+               ("--mismatch_rate 1.5",), r"\[0, 1\]"),
+    ShapesCase("finetune-decoder-nonexistent-model", ("finetune_decoder", "--model", "{missing}"),
+               ("--model", "no such folder"), MODEL_FIX),
+    ShapesCase("pretrain-video-zero-steps", ("pretrain_video", "--model", "{model}", "--steps", "0",
+                                             "--output_dir", "adapter"), ("--steps 0",), r"at least 1"),
+    ShapesCase("preferences-negative-guidance-scale", ("preferences", "--model", "{model}", "--guidance_scale", "-3",
+                                                       "--output_dir", "prefs"),
+               ("--guidance_scale -3",), r"at least 1"),
+    ShapesCase("video-preferences-nonexistent-adapter", ("video_preferences", "--model", "{model}", "--motion_adapter",
+                                                         "{missing}", "--output_dir", "videos"),
+               ("--motion_adapter", "no such folder"), r"pass a MotionAdapter folder"),
+    ShapesCase("prompts-zero", ("prompts", "--num_prompts", "0", "--output_dir", "data"),
+               ("--num_prompts 0",), r"at least 1"),
+]
+
+
+def folder_state(path):
+    """(relative path, size, mtime) of everything under ``path``."""
+    state = []
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            full = os.path.join(root, name)
+            info = os.stat(full)
+            state.append((os.path.relpath(full, path), info.st_size, info.st_mtime_ns))
+    return sorted(state)
+
+
+@pytest.fixture(scope="module")
+def shapes_resources(tiny_model_dir, tmp_path_factory):
+    """A model folder (the tiny pipeline has the shapes model's layout), a broken copy, prompt files."""
+    import shapes_world
+
+    root = tmp_path_factory.mktemp("shapes_bad_input_resources")
+    model_no_unet = root / "model_no_unet"
+    shutil.copytree(tiny_model_dir, model_no_unet)
+    shutil.rmtree(model_no_unet / "unet")
+    prompts, cat_prompts = root / "prompts.txt", root / "cat_prompts.txt"
+    prompts.write_text("".join(spec.caption + "\n" for spec in shapes_world.image_split()[0][:2]))
+    cat_prompts.write_text("a photo of a cat\n")
+    single_prompt = root / "single_prompt.txt"
+    single_prompt.write_text(shapes_world.image_split()[0][0].caption + "\n")
+    adapter = root / "adapter"  # check reads only its config.json
+    adapter.mkdir()
+    (adapter / "config.json").write_text("{}")
+    return {"model": tiny_model_dir, "model_no_unet": str(model_no_unet), "prompts": str(prompts),
+            "cat_prompts": str(cat_prompts), "single_prompt": str(single_prompt), "adapter": str(adapter),
+            "missing": str(root / "no_such_thing")}
+
+
+@pytest.fixture(scope="module")
+def shapes_runs(request, shapes_resources, tmp_path_factory):
+    """Every selected shapes-world case, SSPO_BAD_INPUT_JOBS (default 2) at a time, each in its own
+    empty working directory. Maps a case id to (CompletedProcess, seconds, working directory)."""
+    cases = [item.callspec.params["shapes_case"] for item in request.session.items
+             if item.module is request.module and hasattr(item, "callspec") and "shapes_case" in item.callspec.params]
+    root = tmp_path_factory.mktemp("shapes_bad_input_runs")
+
+    def run(case):
+        cwd = root / case.id
+        cwd.mkdir()
+        start = time.monotonic()
+        result = subprocess.run([sys.executable, SHAPES_WORLD, *(arg.format(**shapes_resources) for arg in case.args)],
+                                capture_output=True, text=True, env=script_env(), timeout=SUBPROCESS_TIMEOUT, cwd=cwd)
+        return result, time.monotonic() - start, cwd
+
+    before = {name: folder_state(shapes_resources[name]) for name in ("model", "model_no_unet")}
+    jobs = max(1, int(os.environ.get("SSPO_BAD_INPUT_JOBS", "2")))
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {case.id: pool.submit(run, case) for case in cases}
+        runs = {case_id: future.result() for case_id, future in futures.items()}
+    for name, state in before.items():
+        assert folder_state(shapes_resources[name]) == state, f"a shapes-world case wrote into --model {name}"
+    return runs
+
+
+@pytest.mark.parametrize("shapes_case", SHAPES_CASES, ids=str)
+def test_shapes_world_bad_input_fails_with_one_clear_line_and_writes_nothing(shapes_case, shapes_runs):
+    result, seconds, cwd = shapes_runs[shapes_case.id]
+    case_id, stderr = shapes_case.id, result.stderr
+    assert result.returncode == 2, f"[{case_id}] exit status is not 2\n{describe(result)}"
+    assert "Traceback" not in stderr, f"[{case_id}] printed a traceback\n{describe(result)}"
+    lines = stderr.strip().splitlines()
+    last_line = lines[-1] if lines else ""
+    assert last_line.startswith("error: "), f"[{case_id}] last stderr line is not 'error: ...'\n{describe(result)}"
+    assert sum("error:" in line for line in lines) == 1, f"[{case_id}] several error lines\n{describe(result)}"
+    for needle in shapes_case.problem:
+        assert needle in last_line, f"[{case_id}] error line does not name the problem ({needle!r}): {last_line}"
+    assert re.search(shapes_case.fix, last_line, re.IGNORECASE), (
+        f"[{case_id}] error line does not say what is expected (/{shapes_case.fix}/): {last_line}")
+    assert os.listdir(cwd) == [], f"[{case_id}] wrote {os.listdir(cwd)} despite the error"
+    assert seconds < MAX_CASE_SECONDS, f"[{case_id}] took {seconds:.0f} s to fail\n{describe(result)}"
+
+
+# More bad flags, checked in-process (parse_args raises what the command line prints as 'error: ...').
+SHAPES_FLAG_CASES = [
+    ("check --model {model} --prompts {prompts} --num_inference_steps 0", "--num_inference_steps 0 must be at least 1"),
+    ("check --model {model_no_unet} --prompts {prompts}", "has no 'unet'"),
+    ("check --model {model} --prompts {prompts} --guidance_scale 0.5", "--guidance_scale 0.5 must be at least 1"),
+    ("check --model {model} --prompts {single_prompt}", "at least 2 different captions"),
+    ("check --model {model} --prompts {prompts} --motion_adapter {model}", "--motion_adapter .* has no 'config.json'"),
+    ("check --model {model} --prompts {prompts} --motion_adapter {adapter}", "line 1 is an image caption"),
+    ("pretrain --vae_steps 0", "--vae_steps 0 must be at least 1"),
+    ("pretrain --num_renders 0", "--num_renders 0 must be at least 1"),
+    ("pretrain --batch_size 0", "--batch_size 0 must be at least 1"),
+    ("pretrain --threads 0", "--threads 0 must be at least 1"),
+    ("pretrain --decoder_steps -1", "--decoder_steps -1 must be at least 0"),
+    ("pretrain --damage_rate -0.1", r"--damage_rate -0.1 must be in \[0, 1\]"),
+    ("pretrain --unet_lr 0", "--unet_lr 0.0 must be positive"),
+    ("pretrain --snr_gamma -5", "--snr_gamma -5.0 must be positive"),
+    ("pretrain --ema_decay 1", r"--ema_decay 1.0 must be in \(0, 1\)"),
+    ("pretrain --vae_latent_noise nan", "--vae_latent_noise nan must be at least 0"),
+    ("finetune_decoder --model {model} --decoder_steps 0", "--decoder_steps 0 must be at least 1"),
+    ("finetune_decoder --model {model}", "has no 'pretraining.json'"),
+    ("pretrain_video --model {model} --num_clips 0", "--num_clips 0 must be at least 1"),
+    ("pretrain_video --model {model} --num_frames 1", r"--num_frames 1 must be in \[2, 32\]"),
+    ("pretrain_video --model {missing}", "--model .* no such folder"),
+    ("pretrain_video --model {model} --train_text_encoder", "--train_text_encoder needs --video_model_dir"),
+    ("preferences --model {model} --output_dir o --num_captions 0", "--num_captions 0 must be at least 1"),
+    ("preferences --model {model} --output_dir o --num_captions 100000", r"only \d+ training captions"),
+    ("preferences --model {model} --output_dir o --margin -0.1", r"--margin -0.1 must be in \[0, 1\)"),
+    ("preferences --model {model} --output_dir o --guidance_scale nan", "--guidance_scale nan must be at least 1"),
+    ("video_preferences --model {model} --output_dir o", "video_preferences needs --motion_adapter"),
+    ("video_preferences --model {model} --motion_adapter {adapter} --output_dir o --pairs_per_caption 0",
+     "--pairs_per_caption 0 must be at least 1"),
+]
+
+
+@pytest.mark.parametrize("command,message", SHAPES_FLAG_CASES, ids=[c for c, _ in SHAPES_FLAG_CASES])
+def test_shapes_world_rejects_bad_flags_before_running(command, message, shapes_resources, tmp_path, monkeypatch):
+    import shapes_world
+    from sspo_utils import SSPOInputError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SSPOInputError, match=message):
+        shapes_world.parse_args(command.format(**shapes_resources).split())
+    assert os.listdir(tmp_path) == []
+
+
+def test_shapes_world_accepts_the_documented_commands(shapes_resources, tmp_path, monkeypatch):
+    """The checks reject only bad input: the commands the README and the module docstring show parse."""
+    import shapes_world
+
+    monkeypatch.chdir(REPO_ROOT)
+    for command in ("check --model models/shapes-sd15 --prompts data/shapes-heldout-image-prompts.txt",
+                    "check --model models/shapes-sd15-video --motion_adapter models/shapes-motion-adapter "
+                    "--prompts data/shapes-heldout-video-prompts.txt",
+                    "pretrain --output_dir {out} --threads 2 --unet_steps 1800 --prediction_type v_prediction "
+                    "--unet_lr 2e-3 --ema_decay 0.999 --decoder_steps 250",
+                    "pretrain_video --model models/shapes-sd15 --video_model_dir {out}/v --output_dir {out}/a",
+                    "preferences --model models/shapes-sd15 --guidance_scale 2 --output_dir {out}",
+                    "video_preferences --model models/shapes-sd15-video --guidance_scale 2 --pairs_per_caption 2 "
+                    "--motion_adapter models/shapes-motion-adapter --output_dir {out}",
+                    "prompts --output_dir {out}", "finetune_decoder --model models/shapes-sd15"):
+        assert shapes_world.parse_args(command.format(out=tmp_path / "out").split()).command == command.split()[0]
+    assert os.listdir(tmp_path) == []
+
+
+def test_shapes_case_table_covers_every_command(capsys):
+    import shapes_world
+
+    with pytest.raises(SystemExit):
+        shapes_world.parse_args(["--help"])
+    commands = set(re.search(r"\{([\w,]+)\}", capsys.readouterr().out).group(1).split(","))
+    assert {case.args[0] for case in SHAPES_CASES} == commands
+    assert len({case.id for case in SHAPES_CASES}) == len(SHAPES_CASES)
 
 
 # ---------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 weights and identical RCR pools, and only rank 0 may write the shared outputs.
 
 ``accelerate launch --cpu --num_processes 2`` silently runs ONE process, so the ranks are
-started with ``--multi_gpu`` and ``ACCELERATE_USE_CPU=true`` instead. The scripts' test-only
-hook ``SSPO_TEST_DUMP_RANK_STATE_DIR`` makes every rank dump its live weights and its pool."""
+started with ``--multi_gpu`` and ``ACCELERATE_USE_CPU=true`` instead. Each rank runs the script
+through tests/instrumented_run.py, which makes it dump its live weights and its pool at the end."""
 
 import json
 import os
@@ -21,6 +21,7 @@ import sspo_tiny
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SD_SCRIPT = os.path.join(REPO_ROOT, "train_sspo_sd15.py")
 ANIMATEDIFF_SCRIPT = os.path.join(REPO_ROOT, "train_sspo_animatediff.py")
+INSTRUMENTED_RUN = os.path.join(REPO_ROOT, "tests", "instrumented_run.py")
 SD_PROMPT = "a red circle on a blue background"
 VIDEO_PROMPT = "a red circle moving right on a blue background"
 
@@ -33,11 +34,12 @@ def free_port():
 
 def launch_two_ranks(script, args, dump_dir, timeout=300):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1",
-               ACCELERATE_USE_CPU="true", SSPO_TEST_DUMP_RANK_STATE_DIR=str(dump_dir),
+               ACCELERATE_USE_CPU="true",
                OMP_NUM_THREADS="1")  # 2 ranks on few cores: avoid thread oversubscription
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), script, *args]
+               "--main_process_port", str(free_port()), INSTRUMENTED_RUN, "--dump_rank_state_dir", str(dump_dir),
+               script, *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO_ROOT)
 
 

@@ -16,10 +16,14 @@ from sspo_utils import ReferencePool
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(script, args, extra_env=None, launcher="accelerate"):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", **(extra_env or {}))
+def run(script, args, nonfinite_steps=None, launcher="accelerate"):
+    """The script under accelerate launch (or plain python); with ``nonfinite_steps`` ("3,4") through
+    tests/instrumented_run.py, which makes the loss of those optimizer steps NaN."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     prefix = ([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--mixed_precision", "no",
                "--num_machines", "1", "--dynamo_backend", "no"] if launcher == "accelerate" else [sys.executable])
+    if nonfinite_steps:
+        prefix += [os.path.join(REPO_ROOT, "tests", "instrumented_run.py"), "--nonfinite_steps", nonfinite_steps]
     command = [*prefix, os.path.join(REPO_ROOT, script), *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=900, cwd=REPO_ROOT)
 
@@ -102,7 +106,7 @@ def test_nonfinite_steps_are_skipped_then_the_run_stops_with_a_checkpoint(tiny_m
     # Step 2 is poisoned once: skipped, no update, no snapshot; training goes on.
     one_bad = tmp_path / "one_bad"
     result = run("train_sspo_sd15.py", [*common, "--output_dir", str(one_bad), "--max_train_steps", "4",
-                                        "--checkpointing_steps", "4"], {"SSPO_TEST_NONFINITE_STEPS": "2"})
+                                        "--checkpointing_steps", "4"], nonfinite_steps="2")
     assert_ok(result)
     assert "Step 2: non-finite loss" in result.stderr
     pool = ReferencePool.read_state(one_bad / "checkpoint-4" / "reference_pool.safetensors")
@@ -112,7 +116,7 @@ def test_nonfinite_steps_are_skipped_then_the_run_stops_with_a_checkpoint(tiny_m
     # whose weights are those after step 2, the last good update.
     stopped = tmp_path / "stopped"
     result = run("train_sspo_sd15.py", [*common, "--output_dir", str(stopped), "--max_train_steps", "8",
-                                        "--checkpointing_steps", "2"], {"SSPO_TEST_NONFINITE_STEPS": "3,4,5"},
+                                        "--checkpointing_steps", "2"], nonfinite_steps="3,4,5",
                  launcher="python")  # accelerate launch would turn the status into 1 and add its own traceback
     assert result.returncode == 3
     last_line = result.stderr.strip().splitlines()[-1]
