@@ -36,6 +36,8 @@ import numpy as np
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
+from experiments.relative_paths import relative_to_repo  # noqa: E402
+
 PARTS = ("beta", "main", "ablations", "snapshots", "sampling", "ssr", "video")
 MAIN_METHODS = ("sft", "dpo", "sspo", "spin")
 METHOD_FLAGS = {
@@ -178,8 +180,8 @@ def train(args, run: Run):
         raise RuntimeError(f"run {run.name} failed (exit {result.returncode}); see {out}/train.log")
     checkpoints = {int(p.rsplit("-", 1)[1]): os.path.getmtime(p) - began for p in glob.glob(os.path.join(out, "checkpoint-*"))}
     with open(os.path.join(out, "timing.json"), "w") as f:
-        json.dump({"command": command, "seconds": time.time() - began, "threads": 1, "resumed": "latest" in command,
-                   "checkpoint_seconds": dict(sorted(checkpoints.items()))}, f, indent=2)
+        json.dump({"command": relative_to_repo(command, REPO_ROOT), "seconds": time.time() - began, "threads": 1,
+                   "resumed": "latest" in command, "checkpoint_seconds": dict(sorted(checkpoints.items()))}, f, indent=2)
 
 
 def train_all(args, runs: List[Run]):
