@@ -138,3 +138,20 @@ def test_every_results_folder_is_linked_from_the_readme_or_docs():
                if not any(path == unit or path.startswith(unit + "/") for path in links)]
     assert not orphans, (f"{len(orphans)} folders under {RESULTS}/ are linked from neither README.md nor docs/: "
                          f"link them or delete them (git history keeps them): {orphans}")
+
+
+def test_the_study_records_its_commands_relative_to_the_repository_root(tmp_path, monkeypatch):
+    import json
+    import subprocess as real_subprocess
+
+    from experiments import shapes_alignment as study
+
+    args = study.parse_args(["--output_dir", str(tmp_path)])
+    run = study.beta_runs(args)[0]
+    monkeypatch.setattr(study.subprocess, "run", lambda *a, **k: real_subprocess.CompletedProcess(a, 0))
+    study.train(args, run)
+    with open(tmp_path / "runs" / run.name / "timing.json") as f:
+        command = json.load(f)["command"]
+    assert command[1] in ("train_sspo_sd15.py", "train_sspo_animatediff.py")
+    assert not os.path.isabs(command[0]), command[0]
+    assert not any(arg.startswith(REPO_ROOT) for arg in command), command
