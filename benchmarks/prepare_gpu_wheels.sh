@@ -2,8 +2,8 @@
 # Copyright 2026 The SSPO reference implementation authors. Apache-2.0.
 #
 # Download, where pip can reach a registry, the wheels that benchmarks/gpu_smoke.sh installs on the offline GPU
-# machine (x86-64, Python 3.12, torch 2.11 cu130, accelerate, peft, transformers already there; see
-# /work/.library/device/KINDS.md). Only what that image lacks, one version of each, no dependencies resolved here:
+# machine (x86-64, Python 3.12, torch 2.11 cu130, accelerate, peft, transformers already there, as the
+# device image's package list says). Only what that image lacks, one version of each, no dependencies resolved here:
 #   diffusers (+ importlib_metadata), datasets (+ dill, multiprocess) for the trainers, bitsandbytes (ships
 #   libbitsandbytes_cuda130.so), xformers 0.0.35 (built against torch's stable ABI, requires torch>=2.10; whether
 #   its kernels run on cu130 is checked by gpu_smoke.sh, which falls back to SDPA).

@@ -1,7 +1,7 @@
 # The perfect-render probe dataset: for each training caption a clean render (winner) and a render of a
-# one-attribute mismatch (loser). usage: make_sets.py OUTPUT_DIR (run with the repo at /work/main)
+# one-attribute mismatch (loser). usage: make_sets.py OUTPUT_DIR (run with the repo at .)
 import sys, os, io, random, json
-sys.path.insert(0, "/work/main")
+sys.path.insert(0, ".")
 import numpy as np, datasets
 import shapes_world as sw
 out = sys.argv[1]

@@ -1,10 +1,11 @@
 #!/bin/bash
+REPO=${REPO:-$(pwd)}  # the repository root: run this script from there
 # usage: probe.sh DATASET WORK_DIR [extra trainer flags...]  (model: shipped base; eval: 96 training captions)
 set -e
-cd /work/main
+cd $REPO
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${THREADS:-1}
 D=$1; W=$2; shift 2
-M=/work/main/models/shapes-sd15
+M=$REPO/models/shapes-sd15
 mkdir -p $W
 start=$(date +%s)
 .venv/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no train_sspo_sd15.py \

@@ -1,7 +1,8 @@
 #!/bin/bash
+REPO=${REPO:-$(pwd)}  # the repository root: run this script from there
 # usage: vprobe.sh DATA_DIR WORK_DIR [extra flags]  (video quickstart recipe; eval: 32 training video captions)
 set -e
-cd /work/main
+cd $REPO
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${THREADS:-1}
 D=$1; W=$2; shift 2
 mkdir -p $W; start=$(date +%s)

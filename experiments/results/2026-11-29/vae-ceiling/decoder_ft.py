@@ -3,11 +3,11 @@ stay valid), as SD1.5 users swap in sd-vae-ft-mse. Renders of training captions 
 usage: decoder_ft.py OUT_MODEL_DIR STEPS"""
 import os, random, shutil, sys, time, json
 import torch
-sys.path.insert(0, "/work/main")
+sys.path.insert(0, ".")
 import shapes_world as sw
 out, steps = sys.argv[1], int(sys.argv[2])
 torch.manual_seed(0); torch.set_num_threads(int(os.environ.get("THREADS", "1")))
-src = "/work/main/models/shapes-sd15"
+src = "models/shapes-sd15"
 pipe = sw.load_pipeline(src)
 vae = pipe.vae
 train, _ = sw.image_split()

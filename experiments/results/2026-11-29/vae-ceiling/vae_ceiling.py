@@ -4,7 +4,7 @@ usage: vae_ceiling.py MODEL_DIR OUT.json"""
 import json, random, sys
 from collections import defaultdict
 import numpy as np, torch
-sys.path.insert(0, "/work/main")
+sys.path.insert(0, ".")
 import shapes_world as sw
 torch.set_num_threads(1)
 pipe = sw.load_pipeline(sys.argv[1])

@@ -1,11 +1,11 @@
 import sys, json, torch, numpy as np
-sys.path.insert(0, '/work/main')
+sys.path.insert(0, '.')
 import shapes_world as sw
 torch.set_num_threads(1)
-vcaps = [l.strip() for l in open('/work/main/data/shapes-train-video-prompts.txt') if l.strip()][:16]
-icaps = [l.strip() for l in open('/work/main/data/shapes-train-image-prompts.txt') if l.strip()][:16]
+vcaps = [l.strip() for l in open('data/shapes-train-video-prompts.txt') if l.strip()][:16]
+icaps = [l.strip() for l in open('data/shapes-train-image-prompts.txt') if l.strip()][:16]
 res = {}
-img = sw.load_pipeline('/work/main/models/shapes-sd15')
+img = sw.load_pipeline('models/shapes-sd15')
 outs = sw.generate(img, vcaps, list(range(16)), 20, 5)
 comps = [sw.video_reward_components([o] * 8, c) for o, c in zip(outs, vcaps)]
 res["image pipeline, video captions (DDIM 20, CFG 5), static"] = {k: round(float(np.mean([x[k] for x in comps])), 3) for k in comps[0]}

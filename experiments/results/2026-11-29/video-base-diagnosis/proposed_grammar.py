@@ -6,13 +6,13 @@ import sys
 import numpy as np
 import torch
 
-sys.path.insert(0, "/work/main")
+sys.path.insert(0, ".")
 import shapes_world as sw  # noqa: E402
 
 torch.set_num_threads(1)
-captions = [line.strip() for line in open("/work/main/data/shapes-train-image-prompts.txt") if line.strip()][:16]
+captions = [line.strip() for line in open("data/shapes-train-image-prompts.txt") if line.strip()][:16]
 directions = list(sw.DIRECTIONS)
-pipeline = sw.load_pipeline("/work/main/models/shapes-sd15")
+pipeline = sw.load_pipeline("models/shapes-sd15")
 results = {}
 for label, texts in (("image grammar", captions),
                      ("image grammar + 'moving <direction>'",

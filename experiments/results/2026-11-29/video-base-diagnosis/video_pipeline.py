@@ -1,11 +1,11 @@
 import sys, time, json, torch, numpy as np
-sys.path.insert(0, '/work/main')
+sys.path.insert(0, '.')
 import shapes_world as sw
 torch.set_num_threads(1)
-caps = [l.strip() for l in open('/work/main/data/shapes-train-video-prompts.txt') if l.strip()][:16]
+caps = [l.strip() for l in open('data/shapes-train-video-prompts.txt') if l.strip()][:16]
 rep = [c for c in caps for _ in range(2)]
 seeds = list(range(len(rep)))
-pipe = sw.load_pipeline('/work/main/models/shapes-sd15', '/work/main/models/shapes-motion-adapter')
+pipe = sw.load_pipeline('models/shapes-sd15', 'models/shapes-motion-adapter')
 def score(outs):
     comps = [sw.video_reward_components(o, c) for o, c in zip(outs, rep)]
     return {k: round(float(np.mean([x[k] for x in comps])), 3) for k in comps[0]} | {"reward": round(float(np.mean([np.mean(list(x.values())) for x in comps])), 3)}

@@ -1,7 +1,7 @@
 # Did the anchor caption itself learn the sign? 6 seeds x 4 words, the same seeds per word.
 # usage: anchor_check.py MODEL ADAPTER "image caption"
 import sys, numpy as np, torch
-sys.path.insert(0, '/work/main')
+sys.path.insert(0, '.')
 import shapes_world as sw
 torch.set_num_threads(1)
 pipe = sw.load_pipeline(sys.argv[1], sys.argv[2])

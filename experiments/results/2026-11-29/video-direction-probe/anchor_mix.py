@@ -4,10 +4,10 @@
 # Cross-attention + motion modules, as vw3. dircheck then runs on 12 training captions that are NOT anchors.
 # usage: anchor_mix.py OUT STEPS NUM_ANCHORS
 import json, sys, dataclasses
-sys.path.insert(0, '/work/main')
+sys.path.insert(0, '.')
 import torch
 import shapes_world as sw
-sys.path.insert(0, '/work/main/experiments/results/2026-11-29/video-direction-probe')
+sys.path.insert(0, 'experiments/results/2026-11-29/video-direction-probe')
 from clip_displacements import run_dircheck
 torch.set_num_threads(1)
 out, steps, num_anchors = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

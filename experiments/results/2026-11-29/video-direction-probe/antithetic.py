@@ -5,7 +5,7 @@
 # usage: antithetic.py OUT STEPS toy|full   (toy: toy.py's one caption x 4 directions; full: the training grammar)
 import dataclasses, json, random, sys, time
 import numpy as np, torch
-sys.path.insert(0, '/work/main')
+sys.path.insert(0, '.')
 import shapes_world as sw
 from diffusers import DDPMScheduler, MotionAdapter, UNetMotionModel
 

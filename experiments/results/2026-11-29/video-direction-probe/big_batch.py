@@ -2,10 +2,10 @@
 # 8, so each step's gradient averages over more content and the word's small share of it is less drowned.
 # Cross-attention + motion modules. usage: big_batch.py OUT STEPS BATCH [lr]   (lr: only left/right)
 import json, sys
-sys.path.insert(0, '/work/main')
+sys.path.insert(0, '.')
 import torch
 import shapes_world as sw
-sys.path.insert(0, '/work/main/experiments/results/2026-11-29/video-direction-probe')
+sys.path.insert(0, 'experiments/results/2026-11-29/video-direction-probe')
 from clip_displacements import run_dircheck
 torch.set_num_threads(1)
 if sys.argv[4:] == ['lr']:

@@ -1,10 +1,10 @@
 # Content-variety test: the full grammar's colours, shapes, backgrounds and sizes, but one position ("in the
 # center") and left/right only, 600 steps (as vw16 otherwise). usage: center_only.py OUT STEPS
 import json, sys
-sys.path.insert(0, '/work/main')
+sys.path.insert(0, '.')
 import torch
 import shapes_world as sw
-sys.path.insert(0, '/work/main/experiments/results/2026-11-29/video-direction-probe')
+sys.path.insert(0, 'experiments/results/2026-11-29/video-direction-probe')
 from clip_displacements import run_dircheck
 torch.set_num_threads(1)
 sw.DIRECTIONS = {name: sw.DIRECTIONS[name] for name in ("left", "right")}

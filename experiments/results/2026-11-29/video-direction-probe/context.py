@@ -3,9 +3,9 @@
 # to held-out colour x shape x size x direction combinations? Cross-attention + motion modules, no mismatched
 # captions. usage: context.py OUT STEPS {blue|all} [NUM_CLIPS]
 import sys, json, random, dataclasses, numpy as np, torch
-sys.path.insert(0, '/work/main')
+sys.path.insert(0, '.')
 import shapes_world as sw
-sys.path.insert(0, '/work/main/experiments/results/2026-11-29/video-direction-probe')
+sys.path.insert(0, 'experiments/results/2026-11-29/video-direction-probe')
 from clip_displacements import clip_rows, sign_follows_word
 torch.set_num_threads(1)
 out, steps, backgrounds = sys.argv[1], int(sys.argv[2]), sys.argv[3]

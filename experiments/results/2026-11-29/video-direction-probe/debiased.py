@@ -5,10 +5,10 @@
 # not. usage: debiased.py OUT STEPS WEIGHT [motion]   (loss = (1 - WEIGHT) * mse + WEIGHT * debiased mse;
 # motion: only the motion modules train, the shipped adapter's setup; otherwise the cross-attention too)
 import json, sys
-sys.path.insert(0, '/work/main')
+sys.path.insert(0, '.')
 import torch
 import shapes_world as sw
-sys.path.insert(0, '/work/main/experiments/results/2026-11-29/video-direction-probe')
+sys.path.insert(0, 'experiments/results/2026-11-29/video-direction-probe')
 from clip_displacements import run_dircheck
 torch.set_num_threads(1)
 out, steps, weight = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])

@@ -1,6 +1,6 @@
 # Does the video base's motion depend on the direction word? Same seeds, 4 direction words per image caption.
 import sys, json, numpy as np, torch
-sys.path.insert(0, '/work/main')
+sys.path.insert(0, '.')
 import shapes_world as sw
 torch.set_num_threads(1)
 pipe = sw.load_pipeline(sys.argv[1], sys.argv[2]); OUT = sys.argv[3]

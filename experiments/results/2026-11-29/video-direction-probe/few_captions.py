@@ -3,9 +3,9 @@
 # caption without up/down). Scored on those same captions, 4 seeds per word, the same seeds for both words.
 # usage: few_captions.py OUT STEPS N
 import sys, json, dataclasses, numpy as np, torch
-sys.path.insert(0, '/work/main')
+sys.path.insert(0, '.')
 import shapes_world as sw
-sys.path.insert(0, '/work/main/experiments/results/2026-11-29/video-direction-probe')
+sys.path.insert(0, 'experiments/results/2026-11-29/video-direction-probe')
 from clip_displacements import clip_rows, sign_follows_word
 torch.set_num_threads(1)
 out, steps, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

@@ -2,9 +2,9 @@
 # (optionally only those with a given position), left/right words, the same 2 seeds per word.
 # usage: gen_check.py MODEL ADAPTER OUT.json [position]
 import sys, json, random, numpy as np, torch
-sys.path.insert(0, '/work/main')
+sys.path.insert(0, '.')
 import shapes_world as sw
-sys.path.insert(0, '/work/main/experiments/results/2026-11-29/video-direction-probe')
+sys.path.insert(0, 'experiments/results/2026-11-29/video-direction-probe')
 from clip_displacements import clip_rows, sign_follows_word
 torch.set_num_threads(1)
 pipe = sw.load_pipeline(sys.argv[1], sys.argv[2]); OUT = sys.argv[3]

@@ -1,6 +1,6 @@
 # Does the motion UNet's denoising loss depend on the direction word / the frame order?
 import sys, random, numpy as np, torch
-sys.path.insert(0, '/work/main')
+sys.path.insert(0, '.')
 import shapes_world as sw
 from diffusers import DDPMScheduler
 torch.set_num_threads(1)

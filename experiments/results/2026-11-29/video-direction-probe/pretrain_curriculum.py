@@ -1,12 +1,12 @@
 # A curriculum against the caption-blind optimum: the sign is a symmetric choice that ordinary training settles by
 # the seed. Stage 1 trains on "moving right" clips only, so the motion modules learn one sign; stage 2 resumes the
 # same run (shapes_world's resumable state) on left and right, where following the word only has to flip it.
-# Cross-attention + motion modules, as vw16. usage (from /work/main): pretrain_curriculum.py OUT_DIR STAGE1 TOTAL
+# Cross-attention + motion modules, as vw16. usage (from .): pretrain_curriculum.py OUT_DIR STAGE1 TOTAL
 import json, os, sys
-sys.path.insert(0, '/work/main')
+sys.path.insert(0, '.')
 import torch
 import shapes_world as sw
-sys.path.insert(0, '/work/main/experiments/results/2026-11-29/video-direction-probe')
+sys.path.insert(0, 'experiments/results/2026-11-29/video-direction-probe')
 from clip_displacements import run_dircheck
 
 torch.set_num_threads(1)

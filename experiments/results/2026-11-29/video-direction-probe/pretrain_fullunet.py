@@ -3,7 +3,7 @@
 import json
 import sys
 
-sys.path.insert(0, '/work/main')
+sys.path.insert(0, '.')
 import torch
 from diffusers import UNetMotionModel
 import shapes_world as sw
@@ -22,6 +22,6 @@ def randint_high(low, high, size, generator=None, **kwargs):
 
 torch.randint = randint_high
 out = sys.argv[2]
-info = sw.pretrain_motion_adapter('/work/main/models/shapes-sd15', out + '/shapes-motion-adapter', steps=int(sys.argv[3]),
+info = sw.pretrain_motion_adapter('models/shapes-sd15', out + '/shapes-motion-adapter', steps=int(sys.argv[3]),
                                   video_model_dir=out + '/shapes-sd15-video')
 print(json.dumps(info))

@@ -1,12 +1,12 @@
 # Is the sign learnable when the video grammar has only "left" and "right"? (toy02 learned that pair's sign
 # on one caption, never up/down.) Pretrain as vw3 (image UNet cross-attention + motion modules, 600 steps) with
 # shapes_world.DIRECTIONS cut to the horizontal pair, then run dircheck.py under the same cut.
-# usage (from /work/main): pretrain_horizontal.py OUT_DIR STEPS
+# usage (from .): pretrain_horizontal.py OUT_DIR STEPS
 import json, sys
-sys.path.insert(0, '/work/main')
+sys.path.insert(0, '.')
 import torch
 import shapes_world as sw
-sys.path.insert(0, '/work/main/experiments/results/2026-11-29/video-direction-probe')
+sys.path.insert(0, 'experiments/results/2026-11-29/video-direction-probe')
 from clip_displacements import run_dircheck
 
 torch.set_num_threads(1)

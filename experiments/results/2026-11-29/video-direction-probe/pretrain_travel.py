@@ -6,7 +6,7 @@
 import json
 import sys
 
-sys.path.insert(0, '/work/main')
+sys.path.insert(0, '.')
 import torch
 import shapes_world as sw
 
@@ -14,6 +14,6 @@ torch.set_num_threads(1)
 sw.VIDEO_TRAVEL = float(sys.argv[1])
 out = sys.argv[2]
 frozen = len(sys.argv) > 4 and sys.argv[4] == "frozen"
-info = sw.pretrain_motion_adapter('/work/main/models/shapes-sd15', out + '/shapes-motion-adapter', steps=int(sys.argv[3]),
+info = sw.pretrain_motion_adapter('models/shapes-sd15', out + '/shapes-motion-adapter', steps=int(sys.argv[3]),
                                   video_model_dir=None if frozen else out + '/shapes-sd15-video')
 print(json.dumps(info))

@@ -3,10 +3,10 @@
 # the clips keep the full grammar's variety. dircheck then uses full captions, and short_check the short ones.
 # Cross-attention + motion modules. usage: short_captions.py OUT STEPS SHARE
 import json, sys, types
-sys.path.insert(0, '/work/main')
+sys.path.insert(0, '.')
 import numpy as np, torch
 import shapes_world as sw
-sys.path.insert(0, '/work/main/experiments/results/2026-11-29/video-direction-probe')
+sys.path.insert(0, 'experiments/results/2026-11-29/video-direction-probe')
 from clip_displacements import run_dircheck
 torch.set_num_threads(1)
 out, steps, share = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])

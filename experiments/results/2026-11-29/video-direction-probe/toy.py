@@ -2,7 +2,7 @@
 # easiest case: ONE image caption, 4 directions, no mismatched captions? usage: toy.py OUT TRAVEL STEPS [te]
 # (te: train the text encoder too; toy02te ran it as a copy of this file, toy_te.py, with only that changed)
 import sys, json, dataclasses, numpy as np, torch
-sys.path.insert(0, '/work/main')
+sys.path.insert(0, '.')
 import shapes_world as sw
 torch.set_num_threads(1)
 out, travel, steps = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])

@@ -2,9 +2,9 @@
 # only and the caption's position phrase named as argv[2]. toy02 (centre) learned the left/right sign; does a
 # caption whose position phrase contains "left" too? usage: toy_pos.py OUT "at the top left" STEPS
 import sys, json, dataclasses, numpy as np, torch
-sys.path.insert(0, '/work/main')
+sys.path.insert(0, '.')
 import shapes_world as sw
-sys.path.insert(0, '/work/main/experiments/results/2026-11-29/video-direction-probe')
+sys.path.insert(0, 'experiments/results/2026-11-29/video-direction-probe')
 from clip_displacements import clip_rows
 torch.set_num_threads(1)
 out, position, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -3,9 +3,9 @@
 # the vertical directions named by trained position words: "moving top" / "moving bottom" (ungrammatical on purpose).
 # usage: toy_words.py OUT STEPS
 import sys, json, dataclasses, numpy as np, torch
-sys.path.insert(0, '/work/main')
+sys.path.insert(0, '.')
 import shapes_world as sw
-sys.path.insert(0, '/work/main/experiments/results/2026-11-29/video-direction-probe')
+sys.path.insert(0, 'experiments/results/2026-11-29/video-direction-probe')
 from clip_displacements import clip_rows
 torch.set_num_threads(1)
 out, steps = sys.argv[1], int(sys.argv[2])

@@ -2,7 +2,7 @@
 # image side back along the motion, 50% and 25% of the shape's colour over the background), the way a moving
 # object's look tells where it is heading.
 import sys, runpy
-sys.path.insert(0, '/work/main')
+sys.path.insert(0, '.')
 import numpy as np
 from PIL import Image, ImageDraw
 import shapes_world as sw

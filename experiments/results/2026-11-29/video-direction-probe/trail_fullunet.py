@@ -3,11 +3,11 @@
 # then only need (local cue) x (frame index), which toy runs learn. vw13/vw14 tried the trail with only the
 # cross-attention trainable. usage: trail_fullunet.py OUT STEPS [lr]   (lr: only left/right)
 import json, sys
-sys.path.insert(0, '/work/p10')
+sys.path.insert(0, 'experiments/results/2026-11-29/video-direction-probe')  # trail.py
 import torch
 from diffusers import UNetMotionModel
 import trail
-sys.path.insert(0, '/work/main/experiments/results/2026-11-29/video-direction-probe')
+sys.path.insert(0, 'experiments/results/2026-11-29/video-direction-probe')
 from clip_displacements import run_dircheck
 sw = trail.sw
 torch.set_num_threads(1)
@@ -16,7 +16,7 @@ UNetMotionModel.freeze_unet2d_params = lambda self: None  # everything trains
 if sys.argv[3:] == ['lr']:
     sw.DIRECTIONS = {name: sw.DIRECTIONS[name] for name in ("left", "right")}
 out, steps = sys.argv[1], int(sys.argv[2])
-info = sw.pretrain_motion_adapter('/work/main/models/shapes-sd15', out + '/shapes-motion-adapter', steps=steps,
+info = sw.pretrain_motion_adapter('models/shapes-sd15', out + '/shapes-motion-adapter', steps=steps,
                                   video_model_dir=out + '/shapes-sd15-video')
 info["trained"] = "motion modules + whole image UNet (trail renderer)"
 info["directions"] = list(sw.DIRECTIONS)

@@ -4,9 +4,9 @@
 # captions (all if fewer), 2 seeds per word, the same seeds for both words.
 # usage: vary.py OUT STEPS ATTRIBUTE [ATTRIBUTE ...]   (color, shape, background, size, position)
 import sys, json, random, dataclasses, numpy as np, torch
-sys.path.insert(0, '/work/main')
+sys.path.insert(0, '.')
 import shapes_world as sw
-sys.path.insert(0, '/work/main/experiments/results/2026-11-29/video-direction-probe')
+sys.path.insert(0, 'experiments/results/2026-11-29/video-direction-probe')
 from clip_displacements import clip_rows, sign_follows_word
 torch.set_num_threads(1)
 out, steps, varied = sys.argv[1], int(sys.argv[2]), set(sys.argv[3:])

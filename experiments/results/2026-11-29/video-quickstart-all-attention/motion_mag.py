@@ -1,6 +1,6 @@
 # Mean |displacement| (first to last frame where the shape is found) of every clip in evaluate_sspo output folders.
 import sys, json, os, numpy as np
-sys.path.insert(0, '/work/main')
+sys.path.insert(0, '.')
 import evaluate_sspo as ev, shapes_world as sw
 for d in sys.argv[1:]:
     rows = [json.loads(l) for l in open(os.path.join(d, 'manifest.jsonl'))]

@@ -1,14 +1,15 @@
 #!/bin/bash
+REPO=${REPO:-$(pwd)}  # the repository root: run this script from there
 # Video quickstart recipe sweep, scored on 48 VALIDATION captions: training-split video captions outside every
 # preference set (never held-out ones). usage: [SPATIAL=1] vsweep.sh NAME [trainer flags overriding the quickstart's]
 # SPATIAL=1: the LoRA on the image layers' attention only (spatial_train.py); the sp_* runs ran it as a copy of this
 # file, vsweep_spatial.sh, with only the trainer line changed
-cd /work/main
+cd $REPO
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
 N=$1; shift
-W=/work/p8/vs/$N; mkdir -p $W
+W=$REPO/../p8/vs/$N; mkdir -p $W
 start=$(date +%s)
-if [ -n "$SPATIAL" ]; then TRAINER=(.venv/bin/python /work/p8/spatial_train.py)
+if [ -n "$SPATIAL" ]; then TRAINER=(.venv/bin/python $REPO/experiments/results/2026-11-29/video-recipe-validation/spatial_train.py)
 else TRAINER=(.venv/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
               train_sspo_animatediff.py); fi
 "${TRAINER[@]}" \

@@ -1,5 +1,5 @@
 import sys, csv, numpy as np
-sys.path.insert(0, '/work/main')
+sys.path.insert(0, '.')
 import evaluate_sspo as ev, shapes_world as sw
 D = sys.argv[1]
 rows = list(csv.DictReader(open(f'{D}/pairs.csv')))

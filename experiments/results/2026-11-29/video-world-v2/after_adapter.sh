@@ -1,8 +1,9 @@
 #!/bin/bash
+REPO=${REPO:-$(pwd)}  # the repository root: run this script from there
 # After the motion adapter: base check on held-out video captions, CFG 2 video preference data, then the video quickstart.
-cd /work/main
+cd $REPO
 export HF_HUB_OFFLINE=1
-V=/work/p5/v2
+V=$REPO/../p5/v2
 while [ ! -f $V/shapes-motion-adapter/pretraining.json ]; do sleep 10; done
 start=$(date +%s)
 .venv/bin/python shapes_world.py check --model models/shapes-sd15 --motion_adapter $V/shapes-motion-adapter \

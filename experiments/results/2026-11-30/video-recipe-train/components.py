@@ -1,6 +1,6 @@
 # Per-attribute video reward of an evaluate_sspo.py output folder, per model.
 import sys, json, numpy as np
-sys.path.insert(0, '/work/main')
+sys.path.insert(0, '.')
 import shapes_world as sw
 from evaluate_sspo import read_video_frames
 out = sys.argv[1]

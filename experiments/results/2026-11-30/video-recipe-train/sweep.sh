@@ -1,8 +1,9 @@
+REPO=${REPO:-$(pwd)}  # the repository root: run this script from there
 # usage: sweep.sh NAME [extra trainer flags...]; env SPATIAL=1 for the LoRA on the image layers only,
 # PROMPTS (default the 32 training video captions), IPP clips per caption (default 4), SEED (default 0).
 set -e
 NAME=$1; shift
-R=/work/main; M=$R/models/shapes-sd15-video; A=$R/models/shapes-motion-adapter; D=/work/p11/sweep/$NAME
+R=$REPO; M=$R/models/shapes-sd15-video; A=$R/models/shapes-motion-adapter; D=$REPO/../p11/sweep/$NAME
 mkdir -p $D; cd $D
 if [ -n "$SPATIAL" ]; then TRAIN="$R/experiments/results/2026-11-29/video-recipe-validation/spatial_train.py"; else TRAIN=$R/train_sspo_animatediff.py; fi
 START=$(date +%s)
@@ -19,5 +20,5 @@ HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $R/.venv/bin/python $R/evaluate_sspo.py --pre
   --prompts $R/data/${PROMPTS:-shapes-train-video-prompts.txt} --metrics shapes_video_reward --num_frames 8 \
   --images_per_prompt ${IPP:-4} --num_inference_steps 10 --guidance_scale 5 --generation_batch_size 16 --output_dir eval > eval.log 2>&1
 grep "^| sspo" eval/report.md
-HF_HUB_OFFLINE=1 $R/.venv/bin/python /work/p11/components.py eval 2>&1 | grep -v kernels > components.txt
+HF_HUB_OFFLINE=1 $R/.venv/bin/python $REPO/experiments/results/2026-11-30/video-recipe-train/components.py eval 2>&1 | grep -v kernels > components.txt
 cat components.txt

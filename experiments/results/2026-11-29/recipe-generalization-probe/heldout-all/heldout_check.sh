@@ -1,8 +1,9 @@
 #!/bin/bash
+REPO=${REPO:-$(pwd)}  # the repository root: run this script from there
 # README image quickstart (as committed) for training seeds 0 1 2, then the same LoRA on all 90 held-out captions
-cd /work/main
+cd $REPO
 for s in 0 1 2; do
-  W=/work/p4/hcheck/seed$s; rm -rf $W; mkdir -p $W
+  W=$REPO/../p4/hcheck/seed$s; rm -rf $W; mkdir -p $W
   .venv/bin/python experiments/results/2026-11-29/quickstart-seeds/run_seed.py quickstart $s $W/scratch > $W/run.log 2>&1
   start=$(date +%s)
   HF_HUB_OFFLINE=1 .venv/bin/python evaluate_sspo.py --pretrained_model_name_or_path models/shapes-sd15 \

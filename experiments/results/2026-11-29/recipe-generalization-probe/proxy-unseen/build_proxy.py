@@ -2,7 +2,7 @@
 the shipped one but with 90 more training combinations held out ("proxy-val"), its CFG-2 preference data, and
 64 proxy-val prompts. The real held-out captions stay held out here too."""
 import json, os, random, sys, time
-sys.path.insert(0, "/work/main")
+sys.path.insert(0, ".")
 import torch
 import shapes_world as sw
 
@@ -14,7 +14,7 @@ sw.image_split = lambda: (proxy_train, held + proxy_val)
 here = os.path.dirname(os.path.abspath(__file__))
 open(os.path.join(here, "proxyval64-prompts.txt"), "w").write(
     "\n".join(s.caption for s in random.Random(0).sample(proxy_val, 64)) + "\n")
-cfg = json.load(open("/work/main/models/shapes-sd15/pretraining.json"))
+cfg = json.load(open("models/shapes-sd15/pretraining.json"))
 keys = ("seed", "vae_steps", "unet_steps", "num_renders", "mismatch_rate", "damage_rate", "caption_dropout",
         "batch_size", "unet_lr", "vae_batch_size", "vae_lr", "ema_decay", "snr_gamma", "vae_latent_noise",
         "prediction_type")

@@ -1,11 +1,12 @@
 #!/bin/bash
+REPO=${REPO:-$(pwd)}  # the repository root: run this script from there
 # usage: probe_proxy.sh WORK_DIR [extra trainer flags...]
 # The quickstart's recipe on the proxy base and its CFG-2 pairs; evaluated on 64 proxy-val captions, which the
 # proxy base never saw in pretraining (as the real held-out captions for the shipped base). CFG 5, 4 images each.
 set -e
-cd /work/main
+cd $REPO
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${THREADS:-1}
-P=/work/p4/proxy
+P=$REPO/../p4/proxy
 W=$1; shift 1
 mkdir -p $W
 start=$(date +%s)

@@ -1,20 +1,21 @@
 #!/bin/bash
+REPO=${REPO:-$(pwd)}  # the repository root: run this script from there
 # usage: vprobe_img.sh WORK_DIR [extra trainer flags...]  train on trainsplit, eval on val64 (CFG 5, 4 images)
 set -e
-cd /work/main
+cd $REPO
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${THREADS:-1}
 W=$1; shift 1
-M=/work/main/models/shapes-sd15
+M=$REPO/models/shapes-sd15
 mkdir -p $W
 start=$(date +%s)
 .venv/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no train_sspo_sd15.py \
-  --pretrained_model_name_or_path $M --dataset_name /work/p4/trainsplit \
+  --pretrained_model_name_or_path $M --dataset_name $REPO/../p4/trainsplit \
   --resolution 32 --train_batch_size 8 --max_train_steps 100 --learning_rate 5e-4 --lr_scheduler constant \
   --lr_warmup_steps 0 --rank 8 --beta_dpo 2000 --self_sample_steps 10 --self_sample_guidance_scale 5 \
   --snapshot_steps 20 --checkpointing_steps 50 --seed 0 --output_dir $W/lora "$@" > $W/train.log 2>&1
 echo "train seconds $(( $(date +%s) - start ))" > $W/time.txt
 echo "flags: $@" >> $W/time.txt
 .venv/bin/python evaluate_sspo.py --pretrained_model_name_or_path $M \
-  --lora_path $W/lora --model_names sspo --prompts /work/p4/val64-prompts.txt \
+  --lora_path $W/lora --model_names sspo --prompts $REPO/../p4/val64-prompts.txt \
   --metrics shapes_reward --images_per_prompt 4 --num_inference_steps 20 --guidance_scale ${EVAL_CFG:-5} \
   --generation_batch_size 64 --output_dir $W/eval > $W/eval.log 2>&1

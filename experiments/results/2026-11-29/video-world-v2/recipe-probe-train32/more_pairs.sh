@@ -1,8 +1,9 @@
 #!/bin/bash
+REPO=${REPO:-$(pwd)}  # the repository root: run this script from there
 # Does more video preference data help? 480 training captions instead of 160, then the recipe on training captions.
-cd /work/main
+cd $REPO
 export HF_HUB_OFFLINE=1
-V=/work/p5/v2
+V=$REPO/../p5/v2
 start=$(date +%s)
 .venv/bin/python shapes_world.py video_preferences --model models/shapes-sd15 --motion_adapter models/shapes-motion-adapter \
   --num_captions 480 --guidance_scale 2 --output_dir $V/chronomagic480 > $V/prefs480.log 2>&1

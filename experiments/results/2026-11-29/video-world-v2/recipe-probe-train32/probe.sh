@@ -1,10 +1,11 @@
 #!/bin/bash
+REPO=${REPO:-$(pwd)}  # the repository root: run this script from there
 # Video quickstart recipe probe on the rebuilt video world, scored on the 32 TRAINING video captions (not held out).
 # usage: probe.sh NAME [trainer flags overriding the quickstart's]
-cd /work/main
+cd $REPO
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
 N=$1; shift
-W=/work/p5/v2/probe/$N; mkdir -p $W
+W=$REPO/../p5/v2/probe/$N; mkdir -p $W
 start=$(date +%s)
 .venv/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no train_sspo_animatediff.py \
   --pretrained_model_name_or_path models/shapes-sd15 --motion_adapter_name_or_path models/shapes-motion-adapter \

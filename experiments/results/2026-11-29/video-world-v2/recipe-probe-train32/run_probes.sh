@@ -1,9 +1,10 @@
 #!/bin/bash
-P=/work/p5/v2/probe.sh
+REPO=${REPO:-$(pwd)}  # the repository root: run this script from there
+P=$REPO/experiments/results/2026-11-29/video-world-v2/recipe-probe-train32/probe.sh
 $P recipe & $P steps80 --max_train_steps 80 --snapshot_steps 20 & wait
 $P lr5e-4 --learning_rate 5e-4 & $P steps80_lr1e-3 --max_train_steps 80 --snapshot_steps 20 --learning_rate 1e-3 & wait
-cd /work/main
-L=/work/p5/v2/probe
+cd $REPO
+L=$REPO/../p5/v2/probe
 HF_HUB_OFFLINE=1 .venv/bin/python evaluate_sspo.py --pretrained_model_name_or_path models/shapes-sd15 \
   --motion_adapter_name_or_path models/shapes-motion-adapter \
   --lora_path $L/recipe/lora $L/steps80/lora $L/lr5e-4/lora $L/steps80_lr1e-3/lora \

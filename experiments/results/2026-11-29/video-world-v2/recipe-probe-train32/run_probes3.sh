@@ -1,8 +1,9 @@
 #!/bin/bash
-P=/work/p5/v2/probe.sh
+REPO=${REPO:-$(pwd)}  # the repository root: run this script from there
+P=$REPO/experiments/results/2026-11-29/video-world-v2/recipe-probe-train32/probe.sh
 $P sscfg2 --self_sample_guidance_scale 2 & $P ssr_off --ssr off & wait
-cd /work/main
-L=/work/p5/v2/probe
+cd $REPO
+L=$REPO/../p5/v2/probe
 HF_HUB_OFFLINE=1 .venv/bin/python evaluate_sspo.py --pretrained_model_name_or_path models/shapes-sd15 \
   --motion_adapter_name_or_path models/shapes-motion-adapter \
   --lora_path $L/recipe/lora $L/steps80/lora $L/lr5e-4/lora $L/steps80_lr1e-3/lora $L/sft/lora $L/ss10/lora $L/sscfg2/lora $L/ssr_off/lora \
