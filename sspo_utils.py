@@ -1707,6 +1707,33 @@ def snapshot_and_checkpoint(args, accelerator, global_step, reference_pool, gene
         logger.info(f"Saved state to {path}")
 
 
+def begin_training(args, accelerator, project_name, pipeline_cls, generators, reference_pool, num_update_steps_per_epoch):
+    """After ``prepare_for_training``, in both image trainers: checkpoints that hold the LoRA in
+    ``pipeline_cls``'s format, the run config a resume is checked against, the trackers, the
+    resume itself, the run header and the progress bar.
+    Returns (run_config, global_step, first_epoch, resume_batches, progress_bar)."""
+    from tqdm.auto import tqdm
+
+    register_lora_checkpoint_hooks(accelerator, pipeline_cls)
+    run_config = run_config_of(args, ("rank", "lora_alpha", "loss_type", "pretrained_model_name_or_path"))
+    if accelerator.is_main_process:
+        accelerator.init_trackers(project_name, config=tracker_config(args))
+    global_step, first_epoch, resume_batches = resume_training_state(
+        args, accelerator, generators, reference_pool, run_config, num_update_steps_per_epoch)
+    log_run_header(args, accelerator, reference_pool)
+    progress_bar = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps",
+                        disable=not accelerator.is_local_main_process)
+    return run_config, global_step, first_epoch, resume_batches, progress_bar
+
+
+def draw_reference(args, reference_pool, generator) -> Optional[int]:
+    """RCR: the pool entry that is this optimizer step's reference model and self-sampler, drawn
+    once per step; the initial model for --loss_type dpo, none for sft."""
+    if args.loss_type == "sft":
+        return None
+    return reference_pool.sample("initial" if args.loss_type == "dpo" else args.reference_strategy, generator)
+
+
 def log_run_header(args, accelerator, reference_pool):
     logger.info(
         f"***** Running {args.loss_type} training *****  steps={args.max_train_steps} total batch="

@@ -19,7 +19,6 @@ import torch
 from accelerate.logging import get_logger
 from peft import LoraConfig
 from torchvision import transforms
-from tqdm.auto import tqdm
 
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from diffusers.training_utils import cast_training_params
@@ -34,6 +33,7 @@ from sspo_utils import (
     add_image_data_arguments,
     add_shared_arguments,
     apply_optimizer_step,
+    begin_training,
     build_image_dataloader,
     check_image_data_args,
     create_accelerator,
@@ -42,6 +42,7 @@ from sspo_utils import (
     decode_image,
     dpo_loss,
     draw_noise_and_timesteps,
+    draw_reference,
     drop_captions,
     dump_rank_state_for_tests,
     encode_prompt_ids,
@@ -49,16 +50,12 @@ from sspo_utils import (
     inject_nonfinite_for_tests,
     load_base_components,
     log_optimizer_step,
-    log_run_header,
     micro_batch_metrics,
     noisy_pair,
     optimizer_step_batches,
     pair_columns,
     per_sample_error,
     prepare_for_training,
-    register_lora_checkpoint_hooks,
-    resume_training_state,
-    run_config_of,
     run_with_clear_errors,
     save_lora_atomically,
     save_model_card,
@@ -68,7 +65,6 @@ from sspo_utils import (
     sspo_loss,
     start_epoch,
     tokenize,
-    tracker_config,
     training_target,
     upload_output_dir,
     weight_dtype_of,
@@ -201,16 +197,8 @@ def main(args):
     train_dataloader = build_dataloader(args, accelerator, tokenizer, generators)
     unet, optimizer, train_dataloader, lr_scheduler, num_update_steps_per_epoch = prepare_for_training(
         args, accelerator, unet, optimizer, train_dataloader, streaming=args.streaming)
-    register_lora_checkpoint_hooks(accelerator, StableDiffusionPipeline)
-    run_config = run_config_of(args, ("rank", "lora_alpha", "loss_type", "pretrained_model_name_or_path"))
-    if accelerator.is_main_process:
-        accelerator.init_trackers("sspo-sd15", config=tracker_config(args))
-    global_step, first_epoch, resume_batches = resume_training_state(
-        args, accelerator, generators, reference_pool, run_config, num_update_steps_per_epoch)
-
-    log_run_header(args, accelerator, reference_pool)
-    progress_bar = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps",
-                        disable=not accelerator.is_local_main_process)
+    run_config, global_step, first_epoch, resume_batches, progress_bar = begin_training(
+        args, accelerator, "sspo-sd15", StableDiffusionPipeline, generators, reference_pool, num_update_steps_per_epoch)
     unwrapped_unet = accelerator.unwrap_model(unet)
     num_skipped = 0
     nonfinite_guard = NonFiniteGuard(args.max_nonfinite_steps)
@@ -221,11 +209,7 @@ def main(args):
         skip = resume_batches if epoch == first_epoch else 0
         for step_batches in optimizer_step_batches(accelerator, train_dataloader, skip):
             num_skipped += sum(int(batch["num_skipped"]) for batch in step_batches)
-            # RCR: one reference per optimizer step, shared by all its micro-batches.
-            reference_index = None
-            if args.loss_type != "sft":
-                strategy = "initial" if args.loss_type == "dpo" else args.reference_strategy
-                reference_index = reference_pool.sample(strategy, generators.rcr)
+            reference_index = draw_reference(args, reference_pool, generators.rcr)  # RCR: one per optimizer step
             with torch.no_grad():
                 step_prompt_embeds = [encode_prompt_ids(text_encoder, batch["input_ids"]) for batch in step_batches]
             if args.loss_type == "sspo":  # x^s for the whole step from the drawn checkpoint, kept as latents

@@ -23,7 +23,6 @@ import torch
 from accelerate.logging import get_logger
 from peft import LoraConfig
 from torchvision import transforms
-from tqdm.auto import tqdm
 
 from diffusers import AutoencoderKL, DDPMScheduler, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 from diffusers.training_utils import cast_training_params
@@ -31,52 +30,14 @@ from diffusers.utils import check_min_version
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from sspo_utils import (
-    SSPO_CARD_SETTINGS,
-    NonFiniteGuard,
-    ReferencePool,
-    SSPOInputError,
-    SSPOSDXLSelfSamplingPipeline,
-    accumulate_micro_batch,
-    add_image_data_arguments,
-    add_shared_arguments,
-    apply_optimizer_step,
-    build_image_dataloader,
-    check_image_data_args,
-    check_pretrained_model,
-    create_accelerator,
-    create_hub_repo,
-    create_optimizer,
-    decode_image,
-    dpo_loss,
-    draw_noise_and_timesteps,
-    drop_captions,
-    dump_rank_state_for_tests,
-    generate_validation_images,
-    inject_nonfinite_for_tests,
-    log_optimizer_step,
-    log_run_header,
-    micro_batch_metrics,
-    noisy_pair,
-    optimizer_step_batches,
-    pair_columns,
-    per_sample_error,
-    prepare_for_training,
-    register_lora_checkpoint_hooks,
-    resume_training_state,
-    run_config_of,
-    run_with_clear_errors,
-    save_lora_atomically,
-    save_model_card,
-    self_sample_scheduler,
-    self_sample_step,
-    snapshot_and_checkpoint,
-    sspo_loss,
-    start_epoch,
-    tokenize,
-    tracker_config,
-    training_target,
-    upload_output_dir,
-    weight_dtype_of,
+    NonFiniteGuard, ReferencePool, SSPOInputError, SSPOSDXLSelfSamplingPipeline, SSPO_CARD_SETTINGS,
+    accumulate_micro_batch, add_image_data_arguments, add_shared_arguments, apply_optimizer_step, begin_training,
+    build_image_dataloader, check_image_data_args, check_pretrained_model, create_accelerator, create_hub_repo,
+    create_optimizer, decode_image, dpo_loss, draw_noise_and_timesteps, draw_reference, drop_captions,
+    dump_rank_state_for_tests, generate_validation_images, inject_nonfinite_for_tests, log_optimizer_step,
+    micro_batch_metrics, noisy_pair, optimizer_step_batches, pair_columns, per_sample_error, prepare_for_training,
+    run_with_clear_errors, save_lora_atomically, save_model_card, self_sample_scheduler, self_sample_step,
+    snapshot_and_checkpoint, sspo_loss, start_epoch, tokenize, training_target, upload_output_dir, weight_dtype_of,
 )
 
 
@@ -176,6 +137,9 @@ def load_sdxl_components(args):
     """Both tokenizers and text encoders, the VAE (--pretrained_vae_model_name_or_path, else the
     base's), the UNet and the DDPM training scheduler, with a clear error when a part is missing."""
     path, revision, variant = args.pretrained_model_name_or_path, args.revision, args.variant
+    if os.path.isdir(os.path.join(path, "unet")) and not os.path.isdir(os.path.join(path, "text_encoder_2")):
+        raise SSPOInputError(f"--pretrained_model_name_or_path {path} is not an SDXL pipeline (it has no text_encoder_2); "
+                             "use train_sspo_sd15.py for SD1.5-family models.")
     check_pretrained_model(path, SDXL_SUBFOLDERS + (() if args.pretrained_vae_model_name_or_path else ("vae",)))
     vae_path = args.pretrained_vae_model_name_or_path
     if vae_path is not None and (os.path.isabs(vae_path) or vae_path.startswith(".")) and not os.path.isdir(vae_path):
@@ -281,16 +245,8 @@ def main(args):
     train_dataloader = build_dataloader(args, accelerator, tokenizers, generators)
     unet, optimizer, train_dataloader, lr_scheduler, num_update_steps_per_epoch = prepare_for_training(
         args, accelerator, unet, optimizer, train_dataloader, streaming=args.streaming)
-    register_lora_checkpoint_hooks(accelerator, StableDiffusionXLPipeline)
-    run_config = run_config_of(args, ("rank", "lora_alpha", "loss_type", "pretrained_model_name_or_path"))
-    if accelerator.is_main_process:
-        accelerator.init_trackers("sspo-sdxl", config=tracker_config(args))
-    global_step, first_epoch, resume_batches = resume_training_state(
-        args, accelerator, generators, reference_pool, run_config, num_update_steps_per_epoch)
-
-    log_run_header(args, accelerator, reference_pool)
-    progress_bar = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps",
-                        disable=not accelerator.is_local_main_process)
+    run_config, global_step, first_epoch, resume_batches, progress_bar = begin_training(
+        args, accelerator, "sspo-sdxl", StableDiffusionXLPipeline, generators, reference_pool, num_update_steps_per_epoch)
     unwrapped_unet = accelerator.unwrap_model(unet)
     num_skipped = 0
     nonfinite_guard = NonFiniteGuard(args.max_nonfinite_steps)
@@ -301,11 +257,7 @@ def main(args):
         skip = resume_batches if epoch == first_epoch else 0
         for step_batches in optimizer_step_batches(accelerator, train_dataloader, skip):
             num_skipped += sum(int(batch["num_skipped"]) for batch in step_batches)
-            # RCR: one reference per optimizer step, shared by all its micro-batches.
-            reference_index = None
-            if args.loss_type != "sft":
-                strategy = "initial" if args.loss_type == "dpo" else args.reference_strategy
-                reference_index = reference_pool.sample(strategy, generators.rcr)
+            reference_index = draw_reference(args, reference_pool, generators.rcr)  # RCR: one per optimizer step
             step_conditions = [encode_prompt(text_encoders, (batch["input_ids"], batch["input_ids_2"])) for batch in step_batches]
             step_time_ids = [batch["add_time_ids"].to(accelerator.device, dtype=weight_dtype) for batch in step_batches]
             if args.loss_type == "sspo":  # x^s for the whole step from the drawn checkpoint, under x^w's own conditioning
