@@ -23,7 +23,7 @@
 # the same blocks, layers, heads and 77-token context with narrow widths), 64 px, fp32 (bf16 is emulated on most
 # CPUs and many times slower) and bench_sspo.py --smoke step counts (2 sampling steps). It tests the script, it
 # measures nothing. xformers and the torch.compile variant are skipped on CPU. The SDXL line runs sspo_tiny's SDXL
-# architecture at 64 px on CPU. With --variants sdxl_sspo it runs alone (about 3 minutes on a GPU, not yet measured).
+# architecture at 64 px on CPU. With --variants sdxl_sspo it runs alone (its GPU time is not measured yet).
 #
 # Options: --device cuda|cpu, --output_dir DIR (every variant's JSON, table, plot and log), --summary_dir DIR (a
 # copy of the summary, at most 5 files), --budget_s N (default 450 on GPU: variants that would not fit are skipped),

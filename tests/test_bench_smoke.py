@@ -265,3 +265,6 @@ def test_gpu_smoke_script_on_cpu(tmp_path):
     assert "| adam8bit_sdpa | 64 px | sspo_20 |" in text and "sd15_reduced" in text
     assert "| animatediff_motion_lora | 64 px x 4 frames | sspo_20 |" in text and "Top kernels" in text
     assert "xformers" in result.stdout  # says whether xformers was used or why not
+    sdxl = summary["sdxl"][0]  # train_sspo_sdxl.py's own step on the tiny SDXL architecture
+    assert sdxl["use_8bit_adam"] and sdxl["gradient_checkpointing"] and len(sdxl["step_seconds"]) == 3
+    assert sdxl["peak_rss_bytes"] > 0 and "SDXL (train_sspo_sdxl.py): tiny SDXL architecture" in text

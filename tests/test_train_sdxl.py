@@ -25,8 +25,8 @@ SCRIPT = os.path.join(REPO_ROOT, "train_sspo_sdxl.py")
 PROMPTS = ["a red circle on a blue background", "a green square on a white background"]
 
 
-def run_script(args, launcher="python", timeout=600):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
+def run_script(args, launcher="python", timeout=600, extra_env=None):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1", **(extra_env or {}))
     prefix = ([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--mixed_precision", "no",
                "--num_machines", "1", "--dynamo_backend", "no"] if launcher == "accelerate" else [sys.executable])
     return subprocess.run([*prefix, SCRIPT, *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO_ROOT)
@@ -296,13 +296,18 @@ def pickapic_dir(tmp_path_factory):
     return str(path)
 
 
-def test_dpo_on_pickapic_pairs_drops_ties(sdxl_model_dir, pickapic_dir, tmp_path):
+def test_dpo_on_pickapic_pairs_drops_ties_and_skips_a_nonfinite_step(sdxl_model_dir, pickapic_dir, tmp_path):
+    """Diffusion-DPO on the real pairs, with caption dropout and 8-bit Adam; step 1's loss is made
+    NaN from outside: the step is skipped, training goes on."""
     result = run_script(common_args(sdxl_model_dir, tmp_path, "--dataset_name", pickapic_dir, "--loss_type", "dpo",
                                     "--max_train_steps", "2", "--report_to", "none", "--use_8bit_adam",
-                                    "--proportion_empty_prompts", "0.5"))
+                                    "--proportion_empty_prompts", "0.5"), extra_env={"SSPO_TEST_NONFINITE_STEPS": "1"})
     assert_ok(result)
     assert "kept 6 of 8 rows (2 ties or unlabeled rows dropped)" in result.stdout + result.stderr
-    assert (tmp_path / "pytorch_lora_weights.safetensors").is_file()
+    assert "Step 1: non-finite loss" in result.stderr and "Step 2: non-finite" not in result.stderr
+    lora = load_file(tmp_path / "pytorch_lora_weights.safetensors")
+    assert all(torch.isfinite(tensor).all() for tensor in lora.values())
+    assert any(tensor.abs().sum() > 0 for key, tensor in lora.items() if "lora.up" in key)  # step 2 updated (up starts at 0)
 
 
 @pytest.mark.slow  # another minute-long subprocess; the default suite covers SFT through the SD1.5 script
