@@ -77,13 +77,12 @@ def parse_args(input_args=None):
     return args
 
 
-def save_random_sdxl(path, device, dtype):
-    """The SDXL base architecture with random weights, initialised on ``device`` and saved at ``path``."""
+def random_sdxl_modules():
+    """UNet, VAE, both text encoders (on the meta device: no memory, no init time) and the tokenizer
+    of the SDXL base architecture."""
     from accelerate import init_empty_weights
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    from bench_sspo import materialize
 
     # The real CLIP vocabularies are not available offline; the byte-level one covers any caption.
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,11 +90,21 @@ def save_random_sdxl(path, device, dtype):
     eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     ids = dict(vocab_size=49408, max_position_embeddings=77, bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>"),
                eos_token_id=eos, pad_token_id=eos)
-    with init_empty_weights():
+    with init_empty_weights():  # buffers (CLIP's position_ids) stay real
         unet = UNet2DConditionModel(**SDXL_UNET)
         vae = AutoencoderKL(**SDXL_VAE)
         text_encoder = CLIPTextModel(CLIPTextConfig(**SDXL_TEXT_ENCODERS[0], **ids))
         text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT_ENCODERS[1], **ids))
+    return unet, vae, text_encoder, text_encoder_2, tokenizer
+
+
+def save_random_sdxl(path, device, dtype):
+    """The SDXL base architecture with random weights, initialised on ``device`` and saved at ``path``."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    from bench_sspo import materialize
+
+    unet, vae, text_encoder, text_encoder_2, tokenizer = random_sdxl_modules()
     torch.manual_seed(0)
     for model in (unet, vae, text_encoder, text_encoder_2):
         materialize(model, device, dtype)
