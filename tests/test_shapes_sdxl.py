@@ -55,7 +55,8 @@ def test_the_saved_base_is_an_sdxl_pipeline_with_two_encoders_and_micro_conditio
     assert isinstance(pipeline.text_encoder_2, CLIPTextModelWithProjection)
     unet = pipeline.unet.config
     assert unet.addition_embed_type == "text_time"
-    assert unet.cross_attention_dim == pipeline.text_encoder.config.hidden_size + pipeline.text_encoder_2.config.hidden_size
+    widths = pipeline.text_encoder.config.hidden_size + pipeline.text_encoder_2.config.hidden_size
+    assert unet.cross_attention_dim == widths
     # The pooled embedding plus six micro-conditioning numbers feed the added embedding.
     assert unet.projection_class_embeddings_input_dim == (pipeline.text_encoder_2.config.projection_dim
                                                           + 6 * unet.addition_time_embed_dim)
@@ -148,24 +149,25 @@ def test_preferences_and_check_read_the_sdxl_base(tiny_sdxl_model, tmp_path):
     (["--init_model", "no-such-model"], "--init_model no-such-model has no unet/config.json"),
     (["--unet_steps", "many"], "invalid int value"),
 ], ids=["steps", "batch", "lr", "ema", "mismatch", "vae-model", "init-model", "not-a-number"])
-def test_pretrain_sdxl_refuses_bad_input_with_one_error_line_and_writes_nothing(tmp_path, flags, message):
+def test_pretrain_sdxl_refuses_bad_input_with_one_error_line_and_writes_nothing(tmp_path, capsys, flags, message):
     output_dir = tmp_path / "out"
-    result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "shapes_world.py"), "pretrain_sdxl",
-                             "--output_dir", str(output_dir), "--vae_model", os.path.join(REPO_ROOT, "models",
-                                                                                          "shapes-sd15"), *flags],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=600)
-    assert result.returncode == 2
-    errors = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1 and message in errors[0], result.stderr
-    assert "Traceback" not in result.stderr
+    with pytest.raises(SystemExit) as stop:
+        sw.parse_args(["pretrain_sdxl", "--output_dir", str(output_dir),
+                       "--vae_model", os.path.join(REPO_ROOT, "models", "shapes-sd15"), *flags])
+    assert stop.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], errors
     assert not output_dir.exists()
 
 
-def test_pretrain_sdxl_will_not_overwrite_a_model(tiny_sdxl_model, tmp_path):
+def test_pretrain_sdxl_will_not_overwrite_a_model(tiny_sdxl_model):
+    """From the command line: exit status 2, one error line, the model untouched."""
     before = _unet_state(tiny_sdxl_model)
     result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "shapes_world.py"), "pretrain_sdxl",
                              "--output_dir", tiny_sdxl_model], capture_output=True, text=True, cwd=REPO_ROOT,
                             timeout=600)
     assert result.returncode == 2 and "already holds a model" in result.stderr
+    assert len([line for line in result.stderr.splitlines() if "error:" in line]) == 1
+    assert "Traceback" not in result.stderr
     after = _unet_state(tiny_sdxl_model)
     assert all(torch.equal(before[k], after[k]) for k in before)
