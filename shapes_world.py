@@ -929,7 +929,8 @@ def pretrain_sdxl_model(output_dir: str, vae_model_dir: str, seed: int = 0, unet
     pipeline.save_pretrained(output_dir)
     info = {"seed": seed, "vae_model": vae_model_dir, "init_model": init_model_dir, "unet_steps": unet_steps,
             "num_renders": num_renders, "mismatch_rate": mismatch_rate, "damage_rate": damage_rate,
-            "caption_dropout": caption_dropout, "batch_size": batch_size, "unet_lr": unet_lr, "ema_decay": ema_decay, "snr_gamma": snr_gamma,
+            "caption_dropout": caption_dropout, "batch_size": batch_size, "unet_lr": unet_lr, "ema_decay": ema_decay,
+            "snr_gamma": snr_gamma,
             "prediction_type": prediction_type, "scaling_factor": vae.config.scaling_factor,
             "data_seconds": round(timings["data_s"], 1), "unet_seconds": round(timings.get("unet_s", 0.0), 1),
             "torch": torch.__version__, "threads": torch.get_num_threads()}
