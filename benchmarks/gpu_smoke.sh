@@ -127,7 +127,7 @@ run_variant() {  # name, required (1/0), seconds it needs at least, [--sdxl], be
     echo "=== $name: skipped (${left}s left)"
     return
   fi
-  echo "=== $name: bench_sspo.py $* (${left}s left)"
+  echo "=== $name: ${command[1]##*/} $* (${left}s left)"
   local start=$SECONDS
   timeout "$left" "${command[@]}" "$@" --output_dir "$OUT_DIR/$name" >"$OUT_DIR/$name.log" 2>&1
   local rc=$?
@@ -195,6 +195,8 @@ lines = [f"# SSPO GPU smoke: {m['device_name']} ({m['device']}), torch {m['torch
          f"{elapsed} s of a {budget} s budget.", "",
          f"| variant | input | config | sampling steps | step s (median) | self-sampling | swap | ref fwd | policy fwd+bwd | other | {mem} |",
          "|" + " --- |" * (11 if cpu else 12)]
+if not variants:  # only the SDXL line ran
+    lines = lines[:1] + ["", f"{elapsed} s of a {budget} s budget."]
 for v in variants:
     shape = f"{v['resolution']} px" + (f" x {v['video']['num_frames']} frames" if v.get("video") else "")
     for row in v["configs"]:
@@ -235,7 +237,8 @@ for v in variants:
                 held = row["peak_memory_bytes"] if cpu else row["peak_reserved_bytes"]
                 goal.append(f"- {v['variant']} {row['config']}: peak {'RSS' if cpu else 'reserved'} {held / GIB:.2f} GiB: "
                             + ("CPU run, not VRAM" if cpu else ("fits" if held <= 12 * GIB else "does NOT fit") + " in 12 GiB"))
-lines += ["", "Goal: an SSPO step in 12 GiB of VRAM with 8-bit Adam and gradient checkpointing:"] + (goal or ["- no such run"])
+if variants:
+    lines += ["", "Goal: an SSPO step in 12 GiB of VRAM with 8-bit Adam and gradient checkpointing:"] + (goal or ["- no such run"])
 for report in sdxl:  # train_sspo_sdxl.py (bench_sspo_sdxl.py): its own goal, 24 GiB
     st = report["settings"]
     held = report.get("peak_reserved_bytes", report.get("peak_rss_bytes"))
