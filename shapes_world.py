@@ -8,14 +8,16 @@ Everything about the world lives here, in four parts:
      combinations that no training set ever contains;
   2. the renderer, which draws exactly what a caption says;
   3. the ground-truth reward: a number in [0, 1] computed from pixels, no learned model;
-  4. builders: the SD1.5-shaped pipeline and MotionAdapter, their pretraining, and Pick-a-Pic-style
-     preference data judged by the reward.
+  4. builders: the SD1.5- and SDXL-shaped pipelines and the MotionAdapter, their pretraining, and
+     Pick-a-Pic-style preference data judged by the reward.
 
 The trainers and ``sspo_utils`` know nothing of this file: the world reaches them as an ordinary
 model folder and an ordinary dataset.
 
     python shapes_world.py pretrain --output_dir models/shapes-sd15 --threads 2 --unet_steps 1800 \
         --prediction_type v_prediction --unet_lr 2e-3 --ema_decay 0.999 --decoder_steps 250  # the shipped base, ~30 min
+    python shapes_world.py pretrain_sdxl --output_dir models/shapes-sdxl --init_model models/shapes-sd15 --threads 1 \
+        --unet_steps 500 --batch_size 32 --unet_lr 1e-3                     # the shipped SDXL-shaped base, ~32 min
     python shapes_world.py pretrain_video --model models/shapes-sd15 --video_model_dir models/shapes-sd15-video \
         --output_dir models/shapes-motion-adapter                                  # the shipped video model, ~19 min
     python shapes_world.py preferences --model models/shapes-sd15 --guidance_scale 2 --output_dir data/shapes-pickapic
