@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 # Copyright 2026 The SSPO reference implementation authors. Apache-2.0.
-"""Generate with the base model and one or more SSPO LoRAs from the same per-image seeds, then
-score every image (or video) the way the papers do and write a paired comparison report.
+"""Generate with the base model (SD1.5-family, SDXL or AnimateDiff) and one or more SSPO LoRAs
+from the same per-image seeds, then score every image (or video) the way the papers do and write
+a paired comparison report.
 
     python evaluate_sspo.py --pretrained_model_name_or_path stable-diffusion-v1-5/stable-diffusion-v1-5 \
         --lora_path sspo-sd15-pickapic --prompts pickapic --metrics pickscore hpsv2 aesthetic clip imagereward
@@ -424,11 +425,20 @@ def model_specs(args) -> List[ModelSpec]:
         ModelSpec(name, path, trained_output_kind(path, args.task)) for name, path in zip(names, args.lora_path)]
 
 
+def is_sdxl_base(args) -> bool:
+    """Whether the base is an SDXL pipeline, from the class its model_index.json names."""
+    from diffusers import DiffusionPipeline
+
+    config = DiffusionPipeline.load_config(args.pretrained_model_name_or_path, revision=args.revision)
+    return "XL" in config.get("_class_name", "")
+
+
 def load_pipeline(args, device, dtype):
-    """The base StableDiffusionPipeline, or AnimateDiffPipeline with the base MotionAdapter
-    (returned too, to restore it after evaluating a trained MotionAdapter)."""
+    """The base StableDiffusionPipeline or StableDiffusionXLPipeline (whichever the model folder
+    is), or AnimateDiffPipeline with the base MotionAdapter (returned too, to restore it after
+    evaluating a trained MotionAdapter)."""
     from diffusers import AnimateDiffPipeline, DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, MotionAdapter, \
-        PNDMScheduler, StableDiffusionPipeline
+        PNDMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     path = args.pretrained_model_name_or_path
     common = dict(revision=args.revision, variant=args.variant, torch_dtype=dtype)
@@ -436,6 +446,10 @@ def load_pipeline(args, device, dtype):
         if args.task == "video":
             motion_adapter = MotionAdapter.from_pretrained(args.motion_adapter_name_or_path, torch_dtype=dtype)
             pipeline = AnimateDiffPipeline.from_pretrained(path, motion_adapter=motion_adapter, **common)
+        elif is_sdxl_base(args):
+            motion_adapter = None
+            # No invisible watermark: the scores must not depend on whether that package is installed.
+            pipeline = StableDiffusionXLPipeline.from_pretrained(path, add_watermarker=False, **common)
         else:
             motion_adapter = None
             pipeline = StableDiffusionPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False,

@@ -8,14 +8,16 @@ Everything about the world lives here, in four parts:
      combinations that no training set ever contains;
   2. the renderer, which draws exactly what a caption says;
   3. the ground-truth reward: a number in [0, 1] computed from pixels, no learned model;
-  4. builders: the SD1.5-shaped pipeline and MotionAdapter, their pretraining, and Pick-a-Pic-style
-     preference data judged by the reward.
+  4. builders: the SD1.5- and SDXL-shaped pipelines and the MotionAdapter, their pretraining, and
+     Pick-a-Pic-style preference data judged by the reward.
 
 The trainers and ``sspo_utils`` know nothing of this file: the world reaches them as an ordinary
 model folder and an ordinary dataset.
 
     python shapes_world.py pretrain --output_dir models/shapes-sd15 --threads 2 --unet_steps 1800 \
         --prediction_type v_prediction --unet_lr 2e-3 --ema_decay 0.999 --decoder_steps 250  # the shipped base, ~30 min
+    python shapes_world.py pretrain_sdxl --output_dir models/shapes-sdxl --init_model models/shapes-sd15 --threads 1 \
+        --unet_steps 500 --batch_size 32 --unet_lr 1e-3                     # the shipped SDXL-shaped base, ~32 min
     python shapes_world.py pretrain_video --model models/shapes-sd15 --video_model_dir models/shapes-sd15-video \
         --output_dir models/shapes-motion-adapter                                  # the shipped video model, ~19 min
     python shapes_world.py preferences --model models/shapes-sd15 --guidance_scale 2 --output_dir data/shapes-pickapic
@@ -447,10 +449,7 @@ def build_shapes_components(seed: int = 0, prediction_type: str = "epsilon"):
     """Random-init SD1.5-shaped components for the shapes world: 32 px images -> 4x8x8 latents
     (a 3-block VAE), a 2-block cross-attention UNet, a 2-layer CLIP text encoder on a word-level
     vocabulary, and SD1.5's DDIM scheduler settings (``prediction_type`` "v_prediction": SD2's target)."""
-    import tempfile
-
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -464,16 +463,83 @@ def build_shapes_components(seed: int = 0, prediction_type: str = "epsilon"):
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
         layers_per_block=1, norm_num_groups=16, sample_size=IMAGE_SIZE,
     )
+    tokenizer = shapes_tokenizer()
+    return dict(unet=unet, vae=vae, text_encoder=shapes_text_encoder(tokenizer), tokenizer=tokenizer,
+                scheduler=shapes_scheduler(prediction_type))
+
+
+def shapes_tokenizer():
+    """The CLIP tokenizer of the grammar (``write_shapes_tokenizer_files``), 77 tokens like CLIP's."""
+    import tempfile
+
+    from transformers import CLIPTokenizer
+
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = CLIPTokenizer(*write_shapes_tokenizer_files(tmp), model_max_length=77)
+        return CLIPTokenizer(*write_shapes_tokenizer_files(tmp), model_max_length=77)
+
+
+def shapes_text_encoder(tokenizer, with_projection: bool = False, num_hidden_layers: int = 2):
+    """A random-init CLIP text encoder of width 32 for the grammar's tokenizer; ``with_projection``:
+    CLIPTextModelWithProjection (SDXL's second encoder, whose projected EOS embedding is the pooled one)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
     bos_id, eos_id = tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=77, bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=eos_id,
-    ))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type)
-    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=num_hidden_layers,
+        num_attention_heads=4, max_position_embeddings=77, bos_token_id=bos_id, eos_token_id=eos_id,
+        pad_token_id=eos_id, **({"projection_dim": 32} if with_projection else {}),
+    )
+    return CLIPTextModelWithProjection(config) if with_projection else CLIPTextModel(config)
+
+
+def shapes_scheduler(prediction_type: str):
+    """SD1.5's DDIM settings (SDXL's betas are the same); ``prediction_type`` "v_prediction": SD2's target."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                         set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type)
+
+
+SDXL_TIME_EMBED_DIM = 8  # per micro-conditioning number; SDXL's is 256
+
+
+def build_shapes_sdxl_components(seed: int = 0, prediction_type: str = "v_prediction", tokenizer=None):
+    """Random-init SDXL-shaped components for the shapes world (the VAE comes from the SD1.5-shaped base):
+    two CLIP text encoders on the grammar's tokenizer, the second with a projection, whose penultimate
+    hidden states are concatenated (64 wide) for cross-attention, and a UNet with
+    ``addition_embed_type="text_time"`` that adds the second encoder's pooled embedding and the six
+    micro-conditioning numbers (original size, crop top-left, target size) to the timestep embedding.
+    Three layers per encoder, so that the penultimate layer SDXL reads is as deep as the SD1.5 base's
+    whole encoder. ``tokenizer``: another model's (default: the grammar's, ``shapes_tokenizer``)."""
+    import copy
+
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    tokenizer = tokenizer or shapes_tokenizer()
+    text_encoder = shapes_text_encoder(tokenizer, num_hidden_layers=3)
+    text_encoder_2 = shapes_text_encoder(tokenizer, with_projection=True, num_hidden_layers=3)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=text_encoder.config.hidden_size + text_encoder_2.config.hidden_size,
+        attention_head_dim=8, norm_num_groups=32, use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=SDXL_TIME_EMBED_DIM,
+        projection_class_embeddings_input_dim=text_encoder_2.config.projection_dim + 6 * SDXL_TIME_EMBED_DIM,
+    )
+    return dict(unet=unet, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+                tokenizer_2=copy.deepcopy(tokenizer), scheduler=shapes_scheduler(prediction_type))
+
+
+def sdxl_prompt_embeddings(text_encoders, input_ids: torch.Tensor):
+    """(prompt_embeds, pooled_prompt_embeds) as StableDiffusionXLPipeline.encode_prompt computes them: each
+    encoder's penultimate hidden states, concatenated, and the last encoder's projected embedding."""
+    hidden_states = []
+    for text_encoder in text_encoders:
+        output = text_encoder(input_ids, output_hidden_states=True)
+        hidden_states.append(output.hidden_states[-2])
+    return torch.cat(hidden_states, dim=-1), output[0]
 
 
 def to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
@@ -514,12 +580,17 @@ def denoising_step(unet, noise_scheduler, clean, text_embeddings, optimizer, par
                     snr_gamma: Optional[float] = None):
     """One step of SD's pretraining objective: noise x_0 to x_t at a uniform t, predict epsilon (or v,
     when the scheduler's ``prediction_type`` is "v_prediction", as SD2 does).
-    ``text_embeddings`` is called after the draws, so that its cost never shifts them. With
+    ``text_embeddings`` is called after the draws, so that its cost never shifts them; it returns the
+    encoder hidden states, or (SDXL) a dict of the UNet's conditioning keyword arguments. With
     ``snr_gamma``, each sample's loss is weighted by min(SNR(t), gamma) / SNR(t) (Min-SNR, Hang et al. 2023)."""
     noise = torch.randn(clean.shape, generator=generator)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (clean.shape[0],), generator=generator)
     noisy = noise_scheduler.add_noise(clean, noise, timesteps)
-    prediction = unet(noisy, timesteps, text_embeddings()).sample
+    conditioning = text_embeddings()
+    if isinstance(conditioning, dict):
+        prediction = unet(noisy, timesteps, **conditioning).sample
+    else:
+        prediction = unet(noisy, timesteps, conditioning).sample
     target = training_target(noise_scheduler, clean, noise, timesteps)
     if snr_gamma is None:  # the shipped weights' exact arithmetic
         loss = torch.nn.functional.mse_loss(prediction, target)
@@ -535,6 +606,55 @@ def denoising_step(unet, noise_scheduler, clean, text_embeddings, optimizer, par
     torch.nn.utils.clip_grad_norm_(parameters, 1.0)
     optimizer.step()
     return loss
+
+
+def train_denoiser(unet, text_encoders: Dict[str, torch.nn.Module], conditioning, latents: torch.Tensor, generator,
+                   noise_scheduler, steps: int, lr: float, batch_size: int, caption_dropout: float, state_path: str,
+                   state: Optional[Dict], timings: Dict, save_every: int, ema_decay: Optional[float],
+                   snr_gamma: Optional[float], saved_with: Optional[Dict] = None):
+    """The UNet phase of pretraining, shared by the SD1.5- and SDXL-shaped bases: the UNet and the text
+    encoders learn together (``denoising_step``) on random batches of ``latents``.
+    ``conditioning(index, dropped)`` gives the UNet's text conditioning for those samples, unconditional
+    where ``dropped`` (the ``caption_dropout`` share). Saves a resumable state to ``state_path`` every
+    ``save_every`` steps (with ``saved_with`` besides), resumes from ``state``, and leaves the EMA of the
+    weights in the modules when ``ema_decay`` is set. ``timings["unet_s"]`` counts the seconds."""
+    from diffusers.training_utils import EMAModel
+
+    parameters = list(unet.parameters()) + [p for encoder in text_encoders.values() for p in encoder.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=1e-4)
+    ema = EMAModel(parameters, decay=ema_decay, use_ema_warmup=True) if ema_decay else None
+    start = 0
+    if state is not None and "unet" in state:
+        unet.load_state_dict(state["unet"])
+        for name, encoder in text_encoders.items():
+            encoder.load_state_dict(state[name])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        generator.set_state(state["generator"])
+        start = state["unet_step"]
+    began = time.perf_counter() - timings.get("unet_s", 0.0)
+    for module in (unet, *text_encoders.values()):
+        module.train()
+    for step in range(start, steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, steps, lr)
+        index = torch.randint(0, len(latents), (batch_size,), generator=generator)
+        dropped = torch.rand(batch_size, generator=generator) < caption_dropout
+        loss = denoising_step(unet, noise_scheduler, latents[index], lambda: conditioning(index, dropped), optimizer,
+                              parameters, generator, snr_gamma)
+        if ema is not None:
+            ema.step(parameters)
+        if (step + 1) % 50 == 0:
+            _log(f"unet step {step + 1}/{steps} loss {loss.item():.4f}")
+        if (step + 1) % save_every == 0 or step + 1 == steps:
+            timings["unet_s"] = time.perf_counter() - began
+            encoder_states = {name: encoder.state_dict() for name, encoder in text_encoders.items()}
+            _save_state(state_path, **(saved_with or {}), unet=unet.state_dict(), **encoder_states,
+                        optimizer=optimizer.state_dict(), generator=generator.get_state(), unet_step=step + 1,
+                        timings=timings, **({"ema": ema.state_dict()} if ema is not None else {}))
+    if ema is not None:
+        ema.copy_to(parameters)
 
 
 def pretraining_renders(seed: int, num_renders: int, mismatch_rate: float, damage_rate: float):
@@ -618,7 +738,6 @@ def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, u
     defaults are the previous, epsilon recipe. Deterministic for a seed and thread count; resumes
     from ``.pretrain_state.pt``."""
     from diffusers import DDPMScheduler, StableDiffusionPipeline
-    from diffusers.training_utils import EMAModel
 
     os.makedirs(output_dir, exist_ok=True)
     state_path = os.path.join(output_dir, ".pretrain_state.pt")
@@ -672,42 +791,16 @@ def pretrain_image_model(output_dir: str, seed: int = 0, vae_steps: int = 800, u
     _log(f"vae done: reconstruction MSE {vae_mse:.4f}, scaling_factor {scaling_factor:.4f}")
 
     # Phase 2: UNet + text encoder.
-    noise_scheduler = DDPMScheduler.from_config(components["scheduler"].config)
-    parameters = list(unet.parameters()) + list(text_encoder.parameters())
-    optimizer = torch.optim.AdamW(parameters, lr=unet_lr, weight_decay=1e-4)
-    ema = EMAModel(parameters, decay=ema_decay, use_ema_warmup=True) if ema_decay else None
-    start = 0
-    if state is not None and "unet" in state:
-        unet.load_state_dict(state["unet"])
-        text_encoder.load_state_dict(state["text_encoder"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        generator.set_state(state["generator"])
-        start = state["unet_step"]
-    began = time.perf_counter() - timings.get("unet_s", 0.0)
-    unet.train()
-    text_encoder.train()
-    for step in range(start, unet_steps):
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, unet_steps, unet_lr)
-        index = torch.randint(0, num_renders, (batch_size,), generator=generator)
+    def conditioning(index, dropped):
         ids = input_ids[index].clone()
-        ids[torch.rand(batch_size, generator=generator) < caption_dropout] = empty_ids[0]
-        loss = denoising_step(unet, noise_scheduler, latents[index], lambda: text_encoder(ids)[0], optimizer,
-                               parameters, generator, snr_gamma)
-        if ema is not None:
-            ema.step(parameters)
-        if (step + 1) % 50 == 0:
-            _log(f"unet step {step + 1}/{unet_steps} loss {loss.item():.4f}")
-        if (step + 1) % save_every == 0 or step + 1 == unet_steps:
-            timings["unet_s"] = time.perf_counter() - began
-            _save_state(state_path, vae=vae.state_dict(), vae_optimizer=vae_optimizer.state_dict(), vae_step=vae_steps,
-                        unet=unet.state_dict(), text_encoder=text_encoder.state_dict(), optimizer=optimizer.state_dict(),
-                        generator=generator.get_state(), unet_step=step + 1, timings=timings,
-                        **({"ema": ema.state_dict()} if ema is not None else {}))
-    if ema is not None:
-        ema.copy_to(parameters)
+        ids[dropped] = empty_ids[0]
+        return text_encoder(ids)[0]
+
+    noise_scheduler = DDPMScheduler.from_config(components["scheduler"].config)
+    vae_state = dict(vae=vae.state_dict(), vae_optimizer=vae_optimizer.state_dict(), vae_step=vae_steps)
+    train_denoiser(unet, {"text_encoder": text_encoder}, conditioning, latents, generator, noise_scheduler, unet_steps,
+                   unet_lr, batch_size, caption_dropout, state_path, state, timings, save_every, ema_decay, snr_gamma,
+                   saved_with=vae_state)
 
     # Phase 3: the decoder alone (the latent space the UNet learned stays as it is).
     decoder_info = finetune_decoder(vae, images, means, decoder_steps, seed) if decoder_steps else {"decoder_steps": 0}
@@ -764,11 +857,117 @@ def finetune_shipped_decoder(model_dir: str, steps: int) -> Dict:
 
 
 
-def load_pipeline(model_dir: str, motion_adapter_dir: Optional[str] = None):
-    """The shapes-world pipeline from its folder: StableDiffusionPipeline, or AnimateDiffPipeline
-    when a MotionAdapter folder is given (the same DDIM scheduler in both)."""
-    from diffusers import AnimateDiffPipeline, MotionAdapter, StableDiffusionPipeline
+def warm_start_sdxl(components: Dict, model_dir: str):
+    """Initialise the SDXL-shaped UNet and both text encoders from the SD1.5-shaped base in ``model_dir``,
+    as SDXL-style models are often started from an earlier one: every UNet weight of the same role is
+    copied (1x1-conv projections become linear ones), the cross-attention keys and values read the first
+    encoder's half of the 64-wide context with the base's weights and the second half with zeros, the
+    added (pooled text + micro-conditioning) embedding starts at zero, and both encoders get the base
+    encoder's embeddings and layers (their third layer stays random). Training then adapts the rest.
+    The components must be built with ``model_dir``'s tokenizer, whose vocabulary the
+    encoder's embeddings index."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
 
+    unet = components["unet"]
+    target = unet.state_dict()
+    with torch.no_grad():
+        for name, value in UNet2DConditionModel.from_pretrained(os.path.join(model_dir, "unet")).state_dict().items():
+            if ".attn2.to_k." in name or ".attn2.to_v." in name:
+                target[name].zero_()[:, :value.shape[1]] = value
+            else:
+                target[name].copy_(value.reshape(target[name].shape))
+        unet.add_embedding.linear_2.weight.zero_()
+        unet.add_embedding.linear_2.bias.zero_()
+    source = CLIPTextModel.from_pretrained(os.path.join(model_dir, "text_encoder"))
+    text_model = getattr(source, "text_model", source).state_dict()  # transformers 5 dropped the wrapper
+    for name in ("text_encoder", "text_encoder_2"):
+        target_model = getattr(components[name], "text_model", components[name])
+        unexpected = target_model.load_state_dict(text_model, strict=False).unexpected_keys
+        if unexpected:
+            raise ValueError(f"{model_dir}'s text encoder has weights the SDXL-shaped one lacks: {unexpected[:3]}")
+
+
+def pretrain_sdxl_model(output_dir: str, vae_model_dir: str, seed: int = 0, unet_steps: int = 1800,
+                        num_renders: int = 20000, mismatch_rate: float = 0.1, damage_rate: float = 0.0,
+                        caption_dropout: float = 0.1, batch_size: int = 64, unet_lr: float = 2e-3,
+                        ema_decay: Optional[float] = 0.999, snr_gamma: Optional[float] = None,
+                        prediction_type: str = "v_prediction", save_every: int = 250,
+                        init_model_dir: Optional[str] = None) -> Dict:
+    """Pretrain the SDXL-shaped StableDiffusionXLPipeline (``build_shapes_sdxl_components``) and save it to
+    ``output_dir``: the UNet and both text encoders learn as phase 2 of ``pretrain_image_model`` does, on
+    the same renders and web-like captions for a seed, in the latent space of the VAE of ``vae_model_dir``
+    (the SD1.5-shaped base's; an SDXL VAE differs only in its scaling factor, which is the folder's own).
+    The caption dropout zeroes both text embeddings, because an SDXL pipeline
+    (``force_zeros_for_empty_prompt``) guides against zeros. Renders are drawn at 32 px and never resized
+    or cropped, so every sample's micro-conditioning is (32, 32, 0, 0, 32, 32), what the pipeline passes at
+    32 px. ``init_model_dir``: start from that SD1.5-shaped base's UNet and text encoder
+    (``warm_start_sdxl``) instead of random weights. Deterministic for a seed and thread count; resumes
+    from ``.pretrain_state.pt``."""
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionXLPipeline
+
+    vae = AutoencoderKL.from_pretrained(os.path.join(vae_model_dir, "vae")).requires_grad_(False).eval()
+    os.makedirs(output_dir, exist_ok=True)
+    state_path = os.path.join(output_dir, ".pretrain_state.pt")
+    state = torch.load(state_path, weights_only=True) if os.path.isfile(state_path) else None
+    timings = state["timings"] if state is not None else {}
+    began = time.perf_counter()
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(os.path.join(init_model_dir, "tokenizer")) if init_model_dir else None
+    components = build_shapes_sdxl_components(seed, prediction_type, tokenizer)
+    if init_model_dir is not None:
+        warm_start_sdxl(components, init_model_dir)
+    unet, tokenizer = components["unet"], components["tokenizer"]
+    text_encoders = {name: components[name] for name in ("text_encoder", "text_encoder_2")}
+    images, captions = pretraining_renders(seed, num_renders, mismatch_rate, damage_rate)
+    latents = encode_means(vae, images) * vae.config.scaling_factor
+    input_ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    time_ids = torch.tensor([[IMAGE_SIZE, IMAGE_SIZE, 0, 0, IMAGE_SIZE, IMAGE_SIZE]], dtype=torch.float32)
+    timings["data_s"] = time.perf_counter() - began  # renders and latents, redone on a resume
+    _log(f"{num_renders} renders encoded in {timings['data_s']:.0f} s")
+
+    def conditioning(index, dropped):
+        prompt_embeds, pooled_prompt_embeds = sdxl_prompt_embeddings(text_encoders.values(), input_ids[index])
+        kept = (~dropped).to(prompt_embeds.dtype)
+        return {"encoder_hidden_states": prompt_embeds * kept[:, None, None],
+                "added_cond_kwargs": {"text_embeds": pooled_prompt_embeds * kept[:, None],
+                                      "time_ids": time_ids.expand(len(index), -1)}}
+
+    noise_scheduler = DDPMScheduler.from_config(components["scheduler"].config)
+    train_denoiser(unet, text_encoders, conditioning, latents, torch.Generator().manual_seed(seed), noise_scheduler,
+                   unet_steps, unet_lr, batch_size, caption_dropout, state_path, state, timings, save_every, ema_decay,
+                   snr_gamma)
+    pipeline = StableDiffusionXLPipeline(vae=vae, unet=unet.eval(), scheduler=components["scheduler"],
+                                         tokenizer=tokenizer, tokenizer_2=components["tokenizer_2"],
+                                         **{name: encoder.eval() for name, encoder in text_encoders.items()},
+                                         force_zeros_for_empty_prompt=True, add_watermarker=False)
+    pipeline.save_pretrained(output_dir)
+    info = {"seed": seed, "vae_model": vae_model_dir, "init_model": init_model_dir, "unet_steps": unet_steps,
+            "num_renders": num_renders, "mismatch_rate": mismatch_rate, "damage_rate": damage_rate,
+            "caption_dropout": caption_dropout, "batch_size": batch_size, "unet_lr": unet_lr, "ema_decay": ema_decay,
+            "snr_gamma": snr_gamma,
+            "prediction_type": prediction_type, "scaling_factor": vae.config.scaling_factor,
+            "data_seconds": round(timings["data_s"], 1), "unet_seconds": round(timings.get("unet_s", 0.0), 1),
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+    with open(os.path.join(output_dir, "pretraining.json"), "w") as f:
+        json.dump(info, f, indent=2)
+    os.remove(state_path)
+    return info
+
+
+def load_pipeline(model_dir: str, motion_adapter_dir: Optional[str] = None):
+    """The shapes-world pipeline from its folder: StableDiffusionPipeline (StableDiffusionXLPipeline for the
+    SDXL-shaped base), or AnimateDiffPipeline when a MotionAdapter folder is given (the same DDIM scheduler)."""
+    from diffusers import AnimateDiffPipeline, MotionAdapter, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    with open(os.path.join(model_dir, "model_index.json")) as f:
+        sdxl = json.load(f)["_class_name"] == "StableDiffusionXLPipeline"
+    if sdxl and motion_adapter_dir is not None:
+        raise ValueError(f"{model_dir} is an SDXL pipeline; the shapes world's motion adapter is for the SD1.5 one")
+    if sdxl:
+        pipeline = StableDiffusionXLPipeline.from_pretrained(model_dir, add_watermarker=False)
+        return pipeline.set_progress_bar_config(disable=True) or pipeline
     pipeline = StableDiffusionPipeline.from_pretrained(model_dir, safety_checker=None, requires_safety_checker=False)
     if motion_adapter_dir is None:
         return pipeline.set_progress_bar_config(disable=True) or pipeline
@@ -1077,6 +1276,19 @@ def parse_args(input_args=None):
                           help="Train the VAE decoder on latents noised by this fraction of their std (e.g. 0.5).")
     pretrain.add_argument("--decoder_steps", type=int, default=0,
                           help="Phase 3: fine-tune the VAE decoder alone for this many steps (the shipped base: 250).")
+    sdxl = commands.add_parser("pretrain_sdxl", help="Pretrain the SDXL-shaped image model (two text encoders, "
+                                                     "micro-conditioning) in the latent space of the SD1.5-shaped one.")
+    sdxl.add_argument("--output_dir", default="models/shapes-sdxl")
+    sdxl.add_argument("--vae_model", default="models/shapes-sd15", help="The model folder whose VAE it uses.")
+    sdxl.add_argument("--unet_steps", type=int, default=1800)
+    sdxl.add_argument("--num_renders", type=int, default=20000)
+    sdxl.add_argument("--batch_size", type=int, default=64, help="UNet pretraining batch size.")
+    sdxl.add_argument("--unet_lr", type=float, default=2e-3, help="Peak learning rate of the UNet and text encoders.")
+    sdxl.add_argument("--ema_decay", type=float, default=0.999, help="EMA of the weights; 0 saves the last weights.")
+    sdxl.add_argument("--prediction_type", default="v_prediction", choices=["epsilon", "v_prediction"])
+    sdxl.add_argument("--init_model", default=None,
+                      help="Start the UNet and text encoders from this SD1.5-shaped base (the shipped SDXL-shaped "
+                           "base: models/shapes-sd15) instead of random weights.")
     decoder = commands.add_parser("finetune_decoder",
                                   help="Phase 3 alone, in place, on a model pretrained with --decoder_steps 0 "
                                        "(at the thread count its pretraining.json records).")
@@ -1093,14 +1305,14 @@ def parse_args(input_args=None):
                             "and save that video base model folder here (the shipped one: models/shapes-sd15-video).")
     video.add_argument("--train_text_encoder", action="store_true",
                        help="With --video_model_dir: train the text encoder too, which never saw the direction words.")
-    for command, rate in ((pretrain, 0.1), (video, 0.0)):
+    for command, rate in ((pretrain, 0.1), (sdxl, 0.1), (video, 0.0)):
         command.add_argument("--mismatch_rate", type=float, default=rate,
                              help="Share of web-like captions that misdescribe their image by one attribute (the "
                                   "shipped image model: 0.1; its video model: 0).")
         command.add_argument("--damage_rate", type=float, default=0.0,
                              help="Share of web-like pictures that are washed out or blurred (web_damage); the "
                                   "shipped weights used 0.")
-    for command in (pretrain, video):
+    for command in (pretrain, sdxl, video):
         command.add_argument("--threads", type=int, default=1,
                              help="CPU threads. The shipped image model was made with 2, its video model and "
                                   "motion adapter with 1; the same seed and thread count give the same weights.")
@@ -1126,9 +1338,11 @@ def parse_args(input_args=None):
     prompts = commands.add_parser("prompts", help="Write the held-out and training evaluation prompt files.")
     prompts.add_argument("--output_dir", default="data")
     prompts.add_argument("--num_prompts", type=int, default=32)
-    for command in (pretrain, video, preferences, video_preferences, check, prompts):
+    for command in (pretrain, sdxl, video, preferences, video_preferences, check, prompts):
         command.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(input_args)
+    if args.command == "pretrain_sdxl":
+        check_sdxl_pretraining_args(parser, args)
     check_args(args)
     return args
 
@@ -1212,8 +1426,30 @@ def _check_prompt_file(path: str, video: bool):
                              "against another caption of the file).")
 
 
+def check_sdxl_pretraining_args(parser, args):
+    """Bad ``pretrain_sdxl`` flags stop before anything is written (argparse: one error line, exit 2)."""
+    for name in ("unet_steps", "num_renders", "batch_size", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if not args.unet_lr > 0:
+        parser.error(f"--unet_lr must be positive, got {args.unet_lr}")
+    if not 0 <= args.ema_decay < 1:
+        parser.error(f"--ema_decay must be in [0, 1), got {args.ema_decay}")
+    for name in ("mismatch_rate", "damage_rate"):
+        if not 0 <= getattr(args, name) <= 1:
+            parser.error(f"--{name} must be in [0, 1], got {getattr(args, name)}")
+    if not os.path.isfile(os.path.join(args.vae_model, "vae", "config.json")):
+        parser.error(f"--vae_model {args.vae_model} has no vae/config.json (give a model folder such as "
+                     "models/shapes-sd15)")
+    if args.init_model is not None and not os.path.isfile(os.path.join(args.init_model, "unet", "config.json")):
+        parser.error(f"--init_model {args.init_model} has no unet/config.json (give a model folder such as "
+                     "models/shapes-sd15)")
+    if os.path.isfile(os.path.join(args.output_dir, "model_index.json")):
+        parser.error(f"--output_dir {args.output_dir} already holds a model; choose a new folder")
+
+
 def main(args):
-    if args.command in ("pretrain", "pretrain_video"):
+    if args.command in ("pretrain", "pretrain_sdxl", "pretrain_video"):
         torch.set_num_threads(args.threads)
     if args.command == "pretrain":
         result = pretrain_image_model(args.output_dir, args.seed, args.vae_steps, args.unet_steps, args.num_renders,
@@ -1221,6 +1457,11 @@ def main(args):
                                       snr_gamma=args.snr_gamma, vae_latent_noise=args.vae_latent_noise,
                                       batch_size=args.batch_size, unet_lr=args.unet_lr,
                                       prediction_type=args.prediction_type, decoder_steps=args.decoder_steps)
+    elif args.command == "pretrain_sdxl":
+        result = pretrain_sdxl_model(args.output_dir, args.vae_model, args.seed, args.unet_steps, args.num_renders,
+                                     args.mismatch_rate, args.damage_rate, batch_size=args.batch_size,
+                                     unet_lr=args.unet_lr, ema_decay=args.ema_decay or None,
+                                     prediction_type=args.prediction_type, init_model_dir=args.init_model)
     elif args.command == "finetune_decoder":
         result = finetune_shipped_decoder(args.model, args.decoder_steps)
     elif args.command == "pretrain_video":

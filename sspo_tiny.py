@@ -5,6 +5,8 @@ synthetic caption+image dataset, both built locally with no download.
     python sspo_tiny.py --output_dir tiny
     # -> tiny/model  (a StableDiffusionPipeline folder: --pretrained_model_name_or_path)
     #    tiny/data   (an imagefolder with metadata.jsonl: --train_data_dir)
+    python sspo_tiny.py --output_dir tiny --with_sdxl
+    # -> also tiny/sdxl_model  (a StableDiffusionXLPipeline folder for train_sspo_sdxl.py)
     python sspo_tiny.py --output_dir tiny --with_video
     # -> also tiny/motion_adapter  (a MotionAdapter folder for the tiny UNet)
     #         tiny/videos          (ChronoMagic layout: videos/<videoid>.mp4 + ChronoMagic_train.csv)
@@ -113,6 +115,58 @@ def build_tiny_pipeline(path, seed=0):
         requires_safety_checker=False,
     )
     pipeline.save_pretrained(path)
+    return path
+
+
+def build_tiny_sdxl_components(seed=0, hidden_size=32):
+    """Random-weight SDXL-architecture components (64 px -> 4x8x8 latents): two CLIP text
+    encoders (the second with a projection, whose output is the pooled embedding), both
+    tokenizers, and a UNet with ``addition_embed_type="text_time"`` (micro-conditioning).
+    ``cross_attention_dim`` is the two encoders' widths together, and the added embedding
+    takes six time ids of ``addition_time_embed_dim`` each plus the pooled projection."""
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    base = build_tiny_components(seed, cross_attention_dim=hidden_size)
+    torch.manual_seed(seed + 1)
+    addition_time_embed_dim = 8
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2),
+        use_linear_projection=True,
+        cross_attention_dim=2 * hidden_size,
+        attention_head_dim=(2, 4),
+        addition_embed_type="text_time",
+        addition_time_embed_dim=addition_time_embed_dim,
+        projection_class_embeddings_input_dim=6 * addition_time_embed_dim + hidden_size,
+        norm_num_groups=32,
+    )
+    tokenizer = base["tokenizer"]
+    text_config = base["text_encoder"].config.to_dict()
+    text_config.update(projection_dim=hidden_size)
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text_config))
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        timestep_spacing="leading",
+        steps_offset=1,
+    )
+    return dict(unet=unet, vae=base["vae"], text_encoder=base["text_encoder"], text_encoder_2=text_encoder_2,
+                tokenizer=tokenizer, tokenizer_2=tokenizer, scheduler=scheduler)
+
+
+def build_tiny_sdxl_pipeline(path, seed=0):
+    """Save a tiny StableDiffusionXLPipeline folder at ``path``; returns ``path``."""
+    from diffusers import StableDiffusionXLPipeline
+
+    StableDiffusionXLPipeline(**build_tiny_sdxl_components(seed)).save_pretrained(path)
     return path
 
 
@@ -322,6 +376,8 @@ def parse_args(input_args=None):
         help="Also write <output_dir>/motion_adapter (a tiny MotionAdapter for the tiny UNet) and "
         "<output_dir>/chronomagic (ChronoMagic layout: videos/*.mp4, 8 clips of 16 frames, plus ChronoMagic_train.csv).",
     )
+    parser.add_argument("--with_sdxl", action="store_true",
+                        help="Also write <output_dir>/sdxl_model (a tiny SDXL-architecture pipeline).")
     return parser.parse_args(input_args)
 
 
@@ -330,6 +386,8 @@ if __name__ == "__main__":
     model_dir = build_tiny_pipeline(os.path.join(args.output_dir, "model"), seed=args.seed)
     data_dir = build_tiny_imagefolder(os.path.join(args.output_dir, "data"), args.num_examples, args.seed)
     print(f"tiny model: {model_dir}\ntiny data:  {data_dir}")
+    if args.with_sdxl:
+        print(f"tiny SDXL model: {build_tiny_sdxl_pipeline(os.path.join(args.output_dir, 'sdxl_model'), seed=args.seed)}")
     if args.with_video:
         adapter_dir = build_tiny_motion_adapter(os.path.join(args.output_dir, "motion_adapter"), seed=args.seed)
         video_csv = build_tiny_video_dataset(

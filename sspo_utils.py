@@ -39,7 +39,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 
@@ -384,9 +384,7 @@ class SSPOSelfSamplingPipeline(StableDiffusionPipeline):
         num_frames: Optional[int] = None,
         latents: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        unet = self.unet
         batch_size = prompt_embeds.shape[0]
-        device, dtype = prompt_embeds.device, prompt_embeds.dtype
         if negative_prompt_embeds.shape[0] == 1 and batch_size > 1:
             negative_prompt_embeds = negative_prompt_embeds.expand(batch_size, -1, -1)
         do_cfg = guidance_scale > 1.0
@@ -395,28 +393,73 @@ class SSPOSelfSamplingPipeline(StableDiffusionPipeline):
             embeds = embeds.repeat_interleave(num_frames, dim=0)
 
         shape = self.latent_shape(batch_size, height, width, num_frames)
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        else:
-            latents = latents.to(device=device, dtype=dtype)
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        latents = latents * self.scheduler.init_noise_sigma
-        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, 0.0)
+        return denoise_with_guidance(self, shape, embeds, num_inference_steps, guidance_scale, generator, latents)
 
-        was_training = unet.training
-        unet.eval()
-        try:
-            for t in self.scheduler.timesteps:
-                model_input = torch.cat([latents, latents]) if do_cfg else latents
-                model_input = self.scheduler.scale_model_input(model_input, t)
-                noise_pred = unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
-                if do_cfg:
-                    noise_uncond, noise_text = noise_pred.chunk(2)
-                    noise_pred = noise_uncond + guidance_scale * (noise_text - noise_uncond)
-                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
-        finally:
-            unet.train(was_training)
-        return latents
+
+def denoise_with_guidance(pipeline, shape, embeds, num_inference_steps, guidance_scale, generator=None, latents=None,
+                          added_cond_kwargs=None):
+    """The denoising loop of the stock pipelines, from initial noise (``latents``, else drawn
+    with ``generator``) to z_s: one batched UNet call per step on [uncond, cond] when
+    guidance_scale > 1 (``embeds`` and ``added_cond_kwargs`` already hold both halves). The
+    UNet runs in eval mode and is put back as it was found."""
+    unet, scheduler = pipeline.unet, pipeline.scheduler
+    device, dtype = embeds.device, embeds.dtype
+    do_cfg = guidance_scale > 1.0
+    if latents is None:
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+    else:
+        latents = latents.to(device=device, dtype=dtype)
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    latents = latents * scheduler.init_noise_sigma
+    extra_step_kwargs = pipeline.prepare_extra_step_kwargs(generator, 0.0)
+
+    was_training = unet.training
+    unet.eval()
+    try:
+        for t in scheduler.timesteps:
+            model_input = torch.cat([latents, latents]) if do_cfg else latents
+            model_input = scheduler.scale_model_input(model_input, t)
+            noise_pred = unet(model_input, t, encoder_hidden_states=embeds, added_cond_kwargs=added_cond_kwargs,
+                              return_dict=False)[0]
+            if do_cfg:
+                noise_uncond, noise_text = noise_pred.chunk(2)
+                noise_pred = noise_uncond + guidance_scale * (noise_text - noise_uncond)
+            latents = scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+    finally:
+        unet.train(was_training)
+    return latents
+
+
+class SSPOSDXLSelfSamplingPipeline(StableDiffusionXLPipeline):
+    """The SDXL twin of ``SSPOSelfSamplingPipeline``: ``sample_latents`` also takes the pooled
+    text embeddings and the micro-conditioning ``add_time_ids`` (one row of six numbers per
+    sample), and returns z_s equal to the stock ``StableDiffusionXLPipeline(output_type="latent")``
+    for the same inputs and generator. The unconditional half uses the same add_time_ids, as the
+    stock pipeline does when no negative sizes are given."""
+
+    @classmethod
+    def from_training_components(cls, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler):
+        return cls(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+                   tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler)
+
+    def latent_shape(self, batch_size: int, height: int, width: int, num_frames: Optional[int] = None):
+        return (batch_size, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+
+    @torch.inference_mode()
+    def sample_latents(self, prompt_embeds, negative_prompt_embeds, height, width, num_inference_steps=20,
+                       guidance_scale=5.0, generator=None, num_frames=None, latents=None, *, pooled_prompt_embeds,
+                       negative_pooled_prompt_embeds, add_time_ids) -> torch.Tensor:
+        batch_size = prompt_embeds.shape[0]
+        add_time_ids = add_time_ids.to(prompt_embeds.device, dtype=prompt_embeds.dtype)
+        if guidance_scale > 1.0:
+            embeds = torch.cat([negative_prompt_embeds.expand(batch_size, -1, -1), prompt_embeds])
+            text_embeds = torch.cat([negative_pooled_prompt_embeds.expand(batch_size, -1), pooled_prompt_embeds])
+            add_time_ids = torch.cat([add_time_ids, add_time_ids])
+        else:
+            embeds, text_embeds = prompt_embeds, pooled_prompt_embeds
+        shape = self.latent_shape(batch_size, height, width)
+        return denoise_with_guidance(self, shape, embeds, num_inference_steps, guidance_scale, generator, latents,
+                                     added_cond_kwargs={"text_embeds": text_embeds, "time_ids": add_time_ids})
 
 
 def self_sample_step(
@@ -430,6 +473,7 @@ def self_sample_step(
     generator: torch.Generator,
     chunk_size: Optional[int] = None,
     num_frames: Optional[int] = None,
+    **conditioning,
 ) -> List[torch.Tensor]:
     """x^s for every micro-batch of one optimizer step, from the RCR snapshot swapped in.
 
@@ -440,6 +484,10 @@ def self_sample_step(
     sampler the result does not depend on ``chunk_size``. (DDPM also draws noise at every
     denoising step, per call: same distribution, different draws.) Returns one latent
     tensor per micro-batch.
+
+    ``conditioning`` goes on to ``sample_latents``: a list (one tensor per micro-batch, such as
+    SDXL's pooled embeddings and add_time_ids) is batched like ``prompt_embeds``, anything
+    else (the unconditional pooled embedding) is passed as it is.
     """
     sizes = [embeds.shape[0] for embeds in prompt_embeds]
     device, dtype = prompt_embeds[0].device, prompt_embeds[0].dtype
@@ -448,10 +496,13 @@ def self_sample_step(
                      dtype=dtype) for size in sizes])
     all_embeds = torch.cat(list(prompt_embeds))
     chunk_size = chunk_size or len(all_embeds)
+    batched = {name: torch.cat(list(value)) for name, value in conditioning.items() if isinstance(value, (list, tuple))}
     latents = [
         self_sampler.sample_latents(all_embeds[start:start + chunk_size], negative_prompt_embeds, height, width,
                                     num_inference_steps, guidance_scale, generator, num_frames=num_frames,
-                                    latents=initial_noise[start:start + chunk_size])
+                                    latents=initial_noise[start:start + chunk_size],
+                                    **{**conditioning, **{name: value[start:start + chunk_size]
+                                                          for name, value in batched.items()}})
         for start in range(0, len(all_embeds), chunk_size)]
     return list(torch.cat(latents).split(sizes))
 
@@ -1530,11 +1581,17 @@ def encode_prompt_ids(text_encoder, input_ids):
 def drop_captions(prompt_embeds, empty_prompt_embeds, proportion, generator):
     """Replace each row of ``prompt_embeds`` by the empty caption's embedding with probability
     ``proportion`` (caption dropout, as in SD's pretraining). Draws nothing when ``proportion`` is 0,
-    so runs without dropout keep their random streams."""
+    so runs without dropout keep their random streams.
+
+    ``prompt_embeds`` and ``empty_prompt_embeds`` may also be tuples of tensors (SDXL's sequence
+    and pooled embeddings): one draw per row then drops all of them together."""
     if proportion <= 0:
         return prompt_embeds
-    dropped = torch.rand(prompt_embeds.shape[0], generator=generator) < proportion
-    return torch.where(dropped.to(prompt_embeds.device)[:, None, None], empty_prompt_embeds.to(prompt_embeds), prompt_embeds)
+    embeds, empties = (prompt_embeds, empty_prompt_embeds) if isinstance(prompt_embeds, tuple) else (
+        (prompt_embeds,), (empty_prompt_embeds,))
+    dropped = (torch.rand(embeds[0].shape[0], generator=generator) < proportion).to(embeds[0].device)
+    kept = tuple(torch.where(dropped.view(-1, *[1] * (e.dim() - 1)), empty.to(e), e) for e, empty in zip(embeds, empties))
+    return kept if isinstance(prompt_embeds, tuple) else kept[0]
 
 
 def draw_noise_and_timesteps(noise_scheduler, latents, generator):
@@ -1625,6 +1682,33 @@ def snapshot_and_checkpoint(args, accelerator, global_step, reference_pool, gene
         logger.info(f"Saved state to {path}")
 
 
+def begin_training(args, accelerator, project_name, pipeline_cls, generators, reference_pool, num_update_steps_per_epoch):
+    """After ``prepare_for_training``, in both image trainers: checkpoints that hold the LoRA in
+    ``pipeline_cls``'s format, the run config a resume is checked against, the trackers, the
+    resume itself, the run header and the progress bar.
+    Returns (run_config, global_step, first_epoch, resume_batches, progress_bar)."""
+    from tqdm.auto import tqdm
+
+    register_lora_checkpoint_hooks(accelerator, pipeline_cls)
+    run_config = run_config_of(args, ("rank", "lora_alpha", "loss_type", "pretrained_model_name_or_path"))
+    if accelerator.is_main_process:
+        accelerator.init_trackers(project_name, config=tracker_config(args))
+    global_step, first_epoch, resume_batches = resume_training_state(
+        args, accelerator, generators, reference_pool, run_config, num_update_steps_per_epoch)
+    log_run_header(args, accelerator, reference_pool)
+    progress_bar = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps",
+                        disable=not accelerator.is_local_main_process)
+    return run_config, global_step, first_epoch, resume_batches, progress_bar
+
+
+def draw_reference(args, reference_pool, generator) -> Optional[int]:
+    """RCR: the pool entry that is this optimizer step's reference model and self-sampler, drawn
+    once per step; the initial model for --loss_type dpo, none for sft."""
+    if args.loss_type == "sft":
+        return None
+    return reference_pool.sample("initial" if args.loss_type == "dpo" else args.reference_strategy, generator)
+
+
 def log_run_header(args, accelerator, reference_pool):
     logger.info(
         f"***** Running {args.loss_type} training *****  steps={args.max_train_steps} total batch="
@@ -1664,6 +1748,195 @@ def machine_info(device) -> Dict:
             "torch": torch.__version__, "cuda": torch.version.cuda, "diffusers": diffusers.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),
             "platform": platform.platform(), "date": now.date().isoformat(), "datetime": now.isoformat(timespec="seconds")}
+
+
+# ---------------------------------------------------------------------------
+# 10. Image data both image trainers read (winners x^w, and losers x^l for dpo)
+# ---------------------------------------------------------------------------
+
+PICKAPIC_COLUMNS = ("jpg_0", "jpg_1", "label_0")
+CAPTION_COLUMN_GUESSES = ("caption", "text", "prompt")
+IMAGE_COLUMN_GUESSES = ("image", "jpg", "img")
+
+
+def load_raw_dataset(args):
+    """--train_data_dir (imagefolder), or --dataset_name: a Hub id, a dataset folder or one
+    .parquet/.jsonl/.csv file; streamed with --streaming."""
+    from datasets import load_dataset
+
+    if args.train_data_dir is not None:
+        if not os.path.isdir(args.train_data_dir):
+            raise SSPOInputError(f"--train_data_dir {args.train_data_dir}: no such folder.")
+        return load_dataset("imagefolder", data_dir=args.train_data_dir, split="train", cache_dir=args.cache_dir,
+                            streaming=args.streaming)
+    name = args.dataset_name
+    file_format = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}.get(os.path.splitext(name)[1])
+    try:
+        if file_format and os.path.isfile(name):
+            return load_dataset(file_format, data_files=name, split="train", streaming=args.streaming)
+        return load_dataset(name, args.dataset_config_name, split=args.dataset_split_name, cache_dir=args.cache_dir,
+                            streaming=args.streaming)
+    except (FileNotFoundError, ValueError, ConnectionError) as error:
+        raise SSPOInputError(f"Could not load --dataset_name {name} (split {args.dataset_split_name}): {error}") from error
+
+
+def prepare_image_dataset(args):
+    """Load the data and find its caption and image columns. Pick-a-Pic v2 rows (jpg_0, jpg_1,
+    label_0) keep the labelled winner; ties and unlabeled rows are dropped.
+    Returns (dataset, caption_column, image_columns, is_pickapic)."""
+    import datasets
+
+    dataset = load_raw_dataset(args)
+    columns = list(dataset.column_names or dataset.features or [])
+    caption_column = pick_column(columns, args.caption_column, CAPTION_COLUMN_GUESSES, "--caption_column")
+    is_pickapic = all(column in columns for column in PICKAPIC_COLUMNS) and args.image_column is None
+    if args.loss_type == "dpo" and not is_pickapic:
+        raise SSPOInputError("--loss_type dpo needs preference pairs in Pick-a-Pic format (columns jpg_0, jpg_1, "
+                             f"label_0); this dataset has {sorted(columns)}. Use --loss_type sspo for winner-only data.")
+    if is_pickapic:
+        def is_decided(label_0, has_label=True):
+            return bool(has_label) and label_0 in (0, 1)
+
+        label_columns = ["label_0", "has_label"] if "has_label" in columns else ["label_0"]
+        num_rows = None if args.streaming else len(dataset)
+        dataset = dataset.filter(is_decided, input_columns=label_columns)
+        if num_rows is not None:
+            logger.info(f"Pick-a-Pic format: kept {len(dataset)} of {num_rows} rows "
+                        f"({num_rows - len(dataset)} ties or unlabeled rows dropped).")
+        else:
+            logger.info("Pick-a-Pic format (streaming): ties and unlabeled rows are dropped on the fly.")
+        image_columns = ("jpg_0", "jpg_1")
+    else:
+        image_columns = (pick_column(columns, args.image_column, IMAGE_COLUMN_GUESSES, "--image_column"),)
+        if isinstance(dataset.features, datasets.Features) and isinstance(dataset.features.get(image_columns[0]), datasets.Image):
+            # Decode ourselves, so a corrupt file is reported with its name.
+            dataset = dataset.cast_column(image_columns[0], datasets.Image(decode=False))
+    if args.max_train_samples is not None:
+        dataset = dataset.take(args.max_train_samples) if args.streaming else dataset.shuffle(seed=args.seed).select(
+            range(min(args.max_train_samples, len(dataset))))
+    if not args.streaming and len(dataset) == 0:
+        raise SSPOInputError("The training dataset is empty (after dropping ties/unlabeled rows and --max_train_samples). "
+                             "Check --dataset_name/--train_data_dir and --dataset_split_name.")
+    return dataset, caption_column, image_columns, is_pickapic
+
+
+def decode_image(value, description):
+    """A PIL RGB image from a PIL image, a datasets Image dict (bytes or path) or raw bytes."""
+    import io
+
+    from PIL import Image
+
+    try:
+        if isinstance(value, Image.Image):
+            image = value
+        elif isinstance(value, dict):
+            image = Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
+        else:
+            image = Image.open(io.BytesIO(value))
+        return image.convert("RGB")
+    except Exception as error:
+        raise SSPOInputError(f"Could not decode the image of {description}: {error}.") from error
+
+
+def pair_columns(examples, i, image_columns, is_pickapic, keep_loser):
+    """The columns that hold row ``i``'s x^w (and x^l when ``keep_loser``): in Pick-a-Pic rows
+    the labelled winner comes first."""
+    if is_pickapic:
+        columns = ("jpg_0", "jpg_1") if examples["label_0"][i] == 1 else ("jpg_1", "jpg_0")
+    else:
+        columns = image_columns
+    return columns[: 2 if keep_loser else 1]
+
+
+class WinnerImageDataset(BadSamplePolicyDataset):
+    """Rows of a map-style dataset through a trainer's batched ``preprocess``, one at a time, so
+    a bad image follows --on_bad_sample and augmentations are reproducible per (seed, epoch, row)."""
+
+    def __init__(self, dataset, preprocess, on_bad_sample, seed):
+        super().__init__(len(dataset), on_bad_sample, seed)
+        self.dataset, self.preprocess = dataset, preprocess
+
+    def load(self, index):
+        processed = self.preprocess({key: [value] for key, value in self.dataset[index].items()})
+        return {key: values[0] for key, values in processed.items()}
+
+    def describe(self, index):
+        return f"row {index}"
+
+
+def build_image_dataloader(args, accelerator, generators, make_preprocess, collate_fn):
+    """The training DataLoader. ``make_preprocess(caption_column, image_columns, is_pickapic)``
+    builds the trainer's preprocessing (decode, resize, crop, tokenize). Map-style data is
+    read through ``WinnerImageDataset``; --streaming data is shuffled in a buffer and mapped."""
+    with accelerator.main_process_first():
+        dataset, caption_column, image_columns, is_pickapic = prepare_image_dataset(args)
+    preprocess = make_preprocess(caption_column, image_columns, is_pickapic)
+    if args.streaming:
+        dataset = dataset.shuffle(seed=args.seed or 0, buffer_size=1000).map(
+            preprocess, batched=True, remove_columns=list(dataset.column_names or []))
+        return torch.utils.data.DataLoader(dataset.with_format("torch"), batch_size=args.train_batch_size,
+                                           collate_fn=collate_fn, num_workers=args.dataloader_num_workers)
+    # A dedicated generator: building the resumed iterator must not consume the global RNG.
+    return torch.utils.data.DataLoader(WinnerImageDataset(dataset, preprocess, args.on_bad_sample, args.seed or 0),
+                                       shuffle=True, batch_size=args.train_batch_size, collate_fn=collate_fn,
+                                       num_workers=args.dataloader_num_workers, generator=generators.dataloader)
+
+
+def add_image_data_arguments(parser, default_resolution: int):
+    """The data flags of both image trainers, named as in diffusers' examples."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset_name", type=str, default=None,
+                       help="Hub dataset id, local dataset folder, or .parquet/.jsonl/.csv file. Pick-a-Pic v2 "
+                            "(jpg_0, jpg_1, label_0) is detected: the winner is kept, ties and unlabeled rows dropped.")
+    group.add_argument("--dataset_config_name", type=str, default=None)
+    group.add_argument("--dataset_split_name", type=str, default="train")
+    group.add_argument("--train_data_dir", type=str, default=None, help="An imagefolder with metadata.jsonl.")
+    group.add_argument("--image_column", type=str, default=None, help="Default: image, jpg or img, whichever exists.")
+    group.add_argument("--caption_column", type=str, default=None, help="Default: caption, text or prompt.")
+    group.add_argument("--cache_dir", type=str, default=None)
+    group.add_argument("--streaming", action="store_true",
+                       help="Stream the dataset instead of downloading it (Pick-a-Pic v2 train is ~300 GB). "
+                            "Needs --max_train_steps.")
+    group.add_argument("--max_train_samples", type=int, default=None)
+    group.add_argument("--resolution", type=int, default=default_resolution)
+    crop = group.add_mutually_exclusive_group()
+    crop.add_argument("--center_crop", action="store_true", help="Center crop (the default).")
+    crop.add_argument("--random_crop", action="store_true")
+    group.add_argument("--random_flip", action="store_true")
+    add_bad_sample_argument(group, "row whose image cannot be decoded (not with --streaming, which always stops)")
+    group.add_argument("--num_validation_images", type=int, default=2, help="Images per validation prompt.")
+    return group
+
+
+def check_image_data_args(args):
+    """Reject nonsense data flags before any model is loaded."""
+    if args.dataset_name is None and args.train_data_dir is None:
+        raise SSPOInputError("Pass --dataset_name (hub id, folder or parquet) or --train_data_dir (imagefolder).")
+    if args.streaming and args.max_train_steps is None:
+        raise SSPOInputError("--streaming datasets have no length: pass --max_train_steps.")
+    check_shared_args(args, positive=("num_validation_images",))
+
+
+def generate_validation_images(args, accelerator, pipeline, weight_dtype, step, phase, **call_kwargs):
+    """``--num_validation_images`` per validation prompt from ``pipeline`` (seeded by --seed), saved
+    under ``output_dir/validation`` and sent to the trackers. Returns the PIL images."""
+    from contextlib import nullcontext
+
+    logger.info(f"Running {phase}: {args.num_validation_images} image(s) for each of {len(args.validation_prompts)} prompt(s).")
+    pipeline.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(args.seed if args.seed is not None else 0)
+    autocast = torch.autocast(accelerator.device.type, dtype=weight_dtype) if weight_dtype != torch.float32 else nullcontext()
+    images = []
+    with autocast:
+        for prompt in args.validation_prompts:
+            images += pipeline(prompt, num_inference_steps=args.validation_inference_steps, generator=generator,
+                               num_images_per_prompt=args.num_validation_images, **call_kwargs).images
+    folder = os.path.join(args.output_dir, "validation")
+    os.makedirs(folder, exist_ok=True)
+    for i, image in enumerate(images):
+        image.save(os.path.join(folder, f"{phase}_step{step}_{i}.png"))
+    log_images_to_trackers(accelerator, images, args.validation_prompts, phase, step)
+    return images
 
 
 if __name__ == "__main__":

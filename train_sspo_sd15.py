@@ -12,18 +12,13 @@ and one reference forward over the pair, and apply the SSR-gated DPO loss (``ssp
 """
 
 import argparse
-import io
 import os
-from contextlib import nullcontext
+from functools import partial
 
-import datasets
 import torch
 from accelerate.logging import get_logger
-from datasets import load_dataset
 from peft import LoraConfig
-from PIL import Image
 from torchvision import transforms
-from tqdm.auto import tqdm
 
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from diffusers.training_utils import cast_training_params
@@ -31,36 +26,34 @@ from diffusers.utils import check_min_version
 
 from sspo_utils import (
     SSPO_CARD_SETTINGS,
-    BadSamplePolicyDataset,
     NonFiniteGuard,
     ReferencePool,
-    SSPOInputError,
     SSPOSelfSamplingPipeline,
     accumulate_micro_batch,
-    add_bad_sample_argument,
+    add_image_data_arguments,
     add_shared_arguments,
     apply_optimizer_step,
-    check_shared_args,
+    begin_training,
+    build_image_dataloader,
+    check_image_data_args,
     create_accelerator,
     create_hub_repo,
     create_optimizer,
+    decode_image,
     dpo_loss,
     draw_noise_and_timesteps,
+    draw_reference,
     drop_captions,
     encode_prompt_ids,
+    generate_validation_images,
     load_base_components,
-    log_images_to_trackers,
     log_optimizer_step,
-    log_run_header,
     micro_batch_metrics,
     noisy_pair,
     optimizer_step_batches,
+    pair_columns,
     per_sample_error,
-    pick_column,
     prepare_for_training,
-    register_lora_checkpoint_hooks,
-    resume_training_state,
-    run_config_of,
     run_with_clear_errors,
     save_lora_atomically,
     save_model_card,
@@ -70,7 +63,6 @@ from sspo_utils import (
     sspo_loss,
     start_epoch,
     tokenize,
-    tracker_config,
     training_target,
     upload_output_dir,
     weight_dtype_of,
@@ -80,125 +72,23 @@ from sspo_utils import (
 check_min_version("0.42.0")
 logger = get_logger(__name__, log_level="INFO")
 
-PICKAPIC_COLUMNS = ("jpg_0", "jpg_1", "label_0")
-CAPTION_COLUMN_GUESSES = ("caption", "text", "prompt")
-IMAGE_COLUMN_GUESSES = ("image", "jpg", "img")
-
 
 def parse_args(input_args=None):
     parser = argparse.ArgumentParser(description="SSPO LoRA training for Stable Diffusion 1.5.")
     add_shared_arguments(parser, loss_types=("sspo", "sft", "dpo"), default_output_dir="sspo-sd15-lora")
-
-    group = parser.add_argument_group("data")
-    group.add_argument("--dataset_name", type=str, default=None,
-                       help="Hub dataset id, local dataset folder, or .parquet/.jsonl/.csv file. Pick-a-Pic v2 "
-                            "(jpg_0, jpg_1, label_0) is detected: the winner is kept, ties and unlabeled rows dropped.")
-    group.add_argument("--dataset_config_name", type=str, default=None)
-    group.add_argument("--dataset_split_name", type=str, default="train")
-    group.add_argument("--train_data_dir", type=str, default=None, help="An imagefolder with metadata.jsonl.")
-    group.add_argument("--image_column", type=str, default=None, help="Default: image, jpg or img, whichever exists.")
-    group.add_argument("--caption_column", type=str, default=None, help="Default: caption, text or prompt.")
-    group.add_argument("--cache_dir", type=str, default=None)
-    group.add_argument("--streaming", action="store_true",
-                       help="Stream the dataset instead of downloading it (Pick-a-Pic v2 train is ~300 GB). "
-                            "Needs --max_train_steps.")
-    group.add_argument("--max_train_samples", type=int, default=None)
-    group.add_argument("--resolution", type=int, default=512)
-    crop = group.add_mutually_exclusive_group()
-    crop.add_argument("--center_crop", action="store_true", help="Center crop (the default).")
-    crop.add_argument("--random_crop", action="store_true")
-    group.add_argument("--random_flip", action="store_true")
-    add_bad_sample_argument(group, "row whose image cannot be decoded (not with --streaming, which always stops)")
-
-    group.add_argument("--num_validation_images", type=int, default=2, help="Images per validation prompt.")
+    add_image_data_arguments(parser, default_resolution=512)
 
     args = parser.parse_args(input_args)
     env_local_rank = int(os.environ.get("LOCAL_RANK", -1))
     if env_local_rank != -1:
         args.local_rank = env_local_rank
-    check_args(args)
+    check_image_data_args(args)
     return args
-
-
-def check_args(args):
-    """Reject nonsense flag values before any model is loaded."""
-    if args.dataset_name is None and args.train_data_dir is None:
-        raise SSPOInputError("Pass --dataset_name (hub id, folder or parquet) or --train_data_dir (imagefolder).")
-    if args.streaming and args.max_train_steps is None:
-        raise SSPOInputError("--streaming datasets have no length: pass --max_train_steps.")
-    check_shared_args(args, positive=("num_validation_images",))
 
 
 # ---------------------------------------------------------------------------
 # Data: winners x^w (and losers x^l for --loss_type dpo)
 # ---------------------------------------------------------------------------
-
-
-def load_raw_dataset(args):
-    if args.train_data_dir is not None:
-        if not os.path.isdir(args.train_data_dir):
-            raise SSPOInputError(f"--train_data_dir {args.train_data_dir}: no such folder.")
-        return load_dataset("imagefolder", data_dir=args.train_data_dir, split="train", cache_dir=args.cache_dir,
-                            streaming=args.streaming)
-    name = args.dataset_name
-    file_format = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}.get(os.path.splitext(name)[1])
-    try:
-        if file_format and os.path.isfile(name):
-            return load_dataset(file_format, data_files=name, split="train", streaming=args.streaming)
-        return load_dataset(name, args.dataset_config_name, split=args.dataset_split_name, cache_dir=args.cache_dir,
-                            streaming=args.streaming)
-    except (FileNotFoundError, ValueError, ConnectionError) as error:
-        raise SSPOInputError(f"Could not load --dataset_name {name} (split {args.dataset_split_name}): {error}") from error
-
-
-def prepare_dataset(args):
-    """Load the data and bring it to columns ``caption``, ``image_w`` (and ``image_l``).
-    Pick-a-Pic v2 rows keep the labelled winner; ties and unlabeled rows are dropped."""
-    dataset = load_raw_dataset(args)
-    columns = list(dataset.column_names or dataset.features or [])
-    caption_column = pick_column(columns, args.caption_column, CAPTION_COLUMN_GUESSES, "--caption_column")
-    is_pickapic = all(column in columns for column in PICKAPIC_COLUMNS) and args.image_column is None
-    if args.loss_type == "dpo" and not is_pickapic:
-        raise SSPOInputError("--loss_type dpo needs preference pairs in Pick-a-Pic format (columns jpg_0, jpg_1, "
-                             f"label_0); this dataset has {sorted(columns)}. Use --loss_type sspo for winner-only data.")
-    if is_pickapic:
-        def is_decided(label_0, has_label=True):
-            return bool(has_label) and label_0 in (0, 1)
-
-        label_columns = ["label_0", "has_label"] if "has_label" in columns else ["label_0"]
-        num_rows = None if args.streaming else len(dataset)
-        dataset = dataset.filter(is_decided, input_columns=label_columns)
-        if num_rows is not None:
-            logger.info(f"Pick-a-Pic format: kept {len(dataset)} of {num_rows} rows "
-                        f"({num_rows - len(dataset)} ties or unlabeled rows dropped).")
-        else:
-            logger.info("Pick-a-Pic format (streaming): ties and unlabeled rows are dropped on the fly.")
-        image_columns = ("jpg_0", "jpg_1")
-    else:
-        image_columns = (pick_column(columns, args.image_column, IMAGE_COLUMN_GUESSES, "--image_column"),)
-        if isinstance(dataset.features, datasets.Features) and isinstance(dataset.features.get(image_columns[0]), datasets.Image):
-            # Decode ourselves, so a corrupt file is reported with its name.
-            dataset = dataset.cast_column(image_columns[0], datasets.Image(decode=False))
-    if args.max_train_samples is not None:
-        dataset = dataset.take(args.max_train_samples) if args.streaming else dataset.shuffle(seed=args.seed).select(
-            range(min(args.max_train_samples, len(dataset))))
-    if not args.streaming and len(dataset) == 0:
-        raise SSPOInputError("The training dataset is empty (after dropping ties/unlabeled rows and --max_train_samples). "
-                             "Check --dataset_name/--train_data_dir and --dataset_split_name.")
-    return dataset, caption_column, image_columns, is_pickapic
-
-
-def decode_image(value, description):
-    try:
-        if isinstance(value, Image.Image):
-            image = value
-        elif isinstance(value, dict):
-            image = Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
-        else:
-            image = Image.open(io.BytesIO(value))
-        return image.convert("RGB")
-    except Exception as error:
-        raise SSPOInputError(f"Could not decode the image of {description}: {error}.") from error
 
 
 class PreprocessTrain:
@@ -219,12 +109,7 @@ class PreprocessTrain:
         captions = [str(c) if c is not None else "" for c in examples[self.caption_column]]
         winners, losers = [], []
         for i, caption in enumerate(captions):
-            if self.is_pickapic:
-                winner_first = examples["label_0"][i] == 1
-                columns = ("jpg_0", "jpg_1") if winner_first else ("jpg_1", "jpg_0")
-            else:
-                columns = self.image_columns
-            columns = columns[: 2 if self.keep_loser else 1]
+            columns = pair_columns(examples, i, self.image_columns, self.is_pickapic, self.keep_loser)
             images = [self.to_tensor(self.resize(decode_image(examples[c][i], f"row with caption {caption!r} ({c})")))
                       for c in columns]
             pair = self.augment(torch.cat(images, dim=0))  # one crop/flip for the whole pair
@@ -238,22 +123,6 @@ class PreprocessTrain:
         return processed
 
 
-class WinnerImageDataset(BadSamplePolicyDataset):
-    """Rows of a map-style dataset through ``PreprocessTrain``, one at a time, so a bad image
-    follows --on_bad_sample and augmentations are reproducible per (seed, epoch, row)."""
-
-    def __init__(self, dataset, preprocess, on_bad_sample, seed):
-        super().__init__(len(dataset), on_bad_sample, seed)
-        self.dataset, self.preprocess = dataset, preprocess
-
-    def load(self, index):
-        processed = self.preprocess({key: [value] for key, value in self.dataset[index].items()})
-        return {key: values[0] for key, values in processed.items()}
-
-    def describe(self, index):
-        return f"row {index}"
-
-
 def collate_fn(examples):
     batch = {"pixel_values": torch.stack([e["pixel_values"] for e in examples]).contiguous(),
              "input_ids": torch.stack([e["input_ids"] for e in examples]),
@@ -264,18 +133,7 @@ def collate_fn(examples):
 
 
 def build_dataloader(args, accelerator, tokenizer, generators):
-    with accelerator.main_process_first():
-        dataset, caption_column, image_columns, is_pickapic = prepare_dataset(args)
-    preprocess = PreprocessTrain(args, tokenizer, caption_column, image_columns, is_pickapic)
-    if args.streaming:
-        dataset = dataset.shuffle(seed=args.seed or 0, buffer_size=1000).map(
-            preprocess, batched=True, remove_columns=list(dataset.column_names or []))
-        return torch.utils.data.DataLoader(dataset.with_format("torch"), batch_size=args.train_batch_size,
-                                           collate_fn=collate_fn, num_workers=args.dataloader_num_workers)
-    # A dedicated generator: building the resumed iterator must not consume the global RNG.
-    return torch.utils.data.DataLoader(WinnerImageDataset(dataset, preprocess, args.on_bad_sample, args.seed or 0), shuffle=True,
-                                       batch_size=args.train_batch_size, collate_fn=collate_fn,
-                                       num_workers=args.dataloader_num_workers, generator=generators.dataloader)
+    return build_image_dataloader(args, accelerator, generators, partial(PreprocessTrain, args, tokenizer), collate_fn)
 
 
 # ---------------------------------------------------------------------------
@@ -293,26 +151,12 @@ def encode_images(vae, pixel_values, weight_dtype, generator):
 def log_validation(args, accelerator, unet, vae, text_encoder, tokenizer, weight_dtype, step, phase="validation"):
     """Generate ``--num_validation_images`` per prompt with the current weights; log them and
     save them under ``output_dir/validation``. Returns the PIL images."""
-    logger.info(f"Running {phase}: {args.num_validation_images} image(s) for each of {len(args.validation_prompts)} prompt(s).")
     pipeline = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
         scheduler=DDIMScheduler.from_pretrained(args.pretrained_model_name_or_path, subfolder="scheduler"),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
-    pipeline.set_progress_bar_config(disable=True)
-    generator = torch.Generator().manual_seed(args.seed if args.seed is not None else 0)
-    autocast = torch.autocast(accelerator.device.type, dtype=weight_dtype) if weight_dtype != torch.float32 else nullcontext()
-    images = []
-    with autocast:
-        for prompt in args.validation_prompts:
-            images += pipeline(prompt, num_inference_steps=args.validation_inference_steps,
-                               num_images_per_prompt=args.num_validation_images, generator=generator).images
-    folder = os.path.join(args.output_dir, "validation")
-    os.makedirs(folder, exist_ok=True)
-    for i, image in enumerate(images):
-        image.save(os.path.join(folder, f"{phase}_step{step}_{i}.png"))
-    log_images_to_trackers(accelerator, images, args.validation_prompts, phase, step)
-    return images
+    return generate_validation_images(args, accelerator, pipeline, weight_dtype, step, phase)
 
 
 # ---------------------------------------------------------------------------
@@ -351,16 +195,8 @@ def main(args):
     train_dataloader = build_dataloader(args, accelerator, tokenizer, generators)
     unet, optimizer, train_dataloader, lr_scheduler, num_update_steps_per_epoch = prepare_for_training(
         args, accelerator, unet, optimizer, train_dataloader, streaming=args.streaming)
-    register_lora_checkpoint_hooks(accelerator, StableDiffusionPipeline)
-    run_config = run_config_of(args, ("rank", "lora_alpha", "loss_type", "pretrained_model_name_or_path"))
-    if accelerator.is_main_process:
-        accelerator.init_trackers("sspo-sd15", config=tracker_config(args))
-    global_step, first_epoch, resume_batches = resume_training_state(
-        args, accelerator, generators, reference_pool, run_config, num_update_steps_per_epoch)
-
-    log_run_header(args, accelerator, reference_pool)
-    progress_bar = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps",
-                        disable=not accelerator.is_local_main_process)
+    run_config, global_step, first_epoch, resume_batches, progress_bar = begin_training(
+        args, accelerator, "sspo-sd15", StableDiffusionPipeline, generators, reference_pool, num_update_steps_per_epoch)
     unwrapped_unet = accelerator.unwrap_model(unet)
     num_skipped = 0
     nonfinite_guard = NonFiniteGuard(args.max_nonfinite_steps)
@@ -371,11 +207,7 @@ def main(args):
         skip = resume_batches if epoch == first_epoch else 0
         for step_batches in optimizer_step_batches(accelerator, train_dataloader, skip):
             num_skipped += sum(int(batch["num_skipped"]) for batch in step_batches)
-            # RCR: one reference per optimizer step, shared by all its micro-batches.
-            reference_index = None
-            if args.loss_type != "sft":
-                strategy = "initial" if args.loss_type == "dpo" else args.reference_strategy
-                reference_index = reference_pool.sample(strategy, generators.rcr)
+            reference_index = draw_reference(args, reference_pool, generators.rcr)  # RCR: one per optimizer step
             with torch.no_grad():
                 step_prompt_embeds = [encode_prompt_ids(text_encoder, batch["input_ids"]) for batch in step_batches]
             if args.loss_type == "sspo":  # x^s for the whole step from the drawn checkpoint, kept as latents

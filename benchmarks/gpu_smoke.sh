@@ -5,7 +5,9 @@
 #   the SD1.5 architecture with random weights (bench_sspo.py --random_init_from_config sd15: no download),
 #   512 px, batch 1, bf16, gradient checkpointing, self-sampling with 20 steps;
 #   with AdamW and with bitsandbytes' 8-bit AdamW; with PyTorch SDPA and, when its kernels run on this GPU's
-#   torch, xformers; one AnimateDiff motion-LoRA line (16 frames, 256 px); then the batched self-sampling with
+#   torch, xformers; one AnimateDiff motion-LoRA line (16 frames, 256 px); one SDXL line (train_sspo_sdxl.py itself
+#   via bench_sspo_sdxl.py: the SDXL base architecture with random weights, 1024 px, bf16, LoRA, 8-bit Adam, gradient
+#   checkpointing, an SSPO step with 20 self-sampling steps; goal: 24 GiB); then the batched self-sampling with
 #   channels_last, without the LoRA layers or autocast, with torch.compile and CUDA graphs, while time is left.
 # Measured on an H200 (2026-11-29): the first three variants take about 350 s, each sampling variant 110-200+ s.
 # With 15 minutes of device time, run it in two calls: the default (--budget_s 420), then --variants for the
@@ -20,7 +22,8 @@
 # --device cpu runs the same variants on the *reduced* SD1.5 architecture (--random_init_from_config sd15_reduced:
 # the same blocks, layers, heads and 77-token context with narrow widths), 64 px, fp32 (bf16 is emulated on most
 # CPUs and many times slower) and bench_sspo.py --smoke step counts (2 sampling steps). It tests the script, it
-# measures nothing. xformers and the torch.compile variant are skipped on CPU.
+# measures nothing. xformers and the torch.compile variant are skipped on CPU. The SDXL line runs sspo_tiny's SDXL
+# architecture at 64 px on CPU. With --variants sdxl_sspo it runs alone (its GPU time is not measured yet).
 #
 # Options: --device cuda|cpu, --output_dir DIR (every variant's JSON, table, plot and log), --summary_dir DIR (a
 # copy of the summary, at most 5 files), --budget_s N (default 450 on GPU: variants that would not fit are skipped),
@@ -43,7 +46,7 @@ while (($#)); do
     --summary_dir) SUMMARY_DIR=$2; shift 2 ;;
     --budget_s) BUDGET=$2; shift 2 ;;
     --variants) shift; while (($#)) && [[ $1 != --* ]]; do ONLY+=("$1"); shift; done ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -112,9 +115,11 @@ else
 fi
 FAILED=()
 NOTES=()
-run_variant() {  # name, required (1/0), seconds it needs at least, bench_sspo.py flags...
+run_variant() {  # name, required (1/0), seconds it needs at least, [--sdxl], bench_sspo.py (or bench_sspo_sdxl.py) flags...
   local name=$1 required=$2 need=$3
   shift 3
+  local command=("$PY" benchmarks/bench_sspo.py "${COMMON[@]}")
+  if [[ ${1:-} == --sdxl ]]; then command=("$PY" benchmarks/bench_sspo_sdxl.py); shift; fi
   if ((${#ONLY[@]})) && [[ " ${ONLY[*]} " != *" $name "* ]]; then return; fi
   local left=$((BUDGET - SECONDS))
   if ((left < need)); then
@@ -122,13 +127,12 @@ run_variant() {  # name, required (1/0), seconds it needs at least, bench_sspo.p
     echo "=== $name: skipped (${left}s left)"
     return
   fi
-  echo "=== $name: bench_sspo.py $* (${left}s left)"
+  echo "=== $name: ${command[1]##*/} $* (${left}s left)"
   local start=$SECONDS
-  timeout "$left" "$PY" benchmarks/bench_sspo.py "${COMMON[@]}" "$@" --output_dir "$OUT_DIR/$name" \
-    >"$OUT_DIR/$name.log" 2>&1
+  timeout "$left" "${command[@]}" "$@" --output_dir "$OUT_DIR/$name" >"$OUT_DIR/$name.log" 2>&1
   local rc=$?
   if ((rc == 0)); then
-    grep -E "^(\| (sft|dpo|sspo_|per_micro|batched)|Batched)" "$OUT_DIR/$name/bench_sspo.md"
+    grep -hE "^(\| (sft|dpo|sspo_|per_micro|batched)|Batched|- )" "$OUT_DIR/$name"/bench_sspo*.md
     echo "    ($((SECONDS - start)) s)"
   else
     [[ $rc == 124 ]] && why="stopped at the time budget" || why="failed (rc $rc)"
@@ -145,6 +149,9 @@ run_variant adam8bit_sdpa 1 60 --use_8bit_adam --configs dpo sspo_20 --skip stoc
 if [[ $DEVICE == cuda ]]; then VIDEO_SHAPE=(--resolution 256 --num_frames 16); else VIDEO_SHAPE=(--num_frames 4); fi
 run_variant animatediff_motion_lora 1 80 --video "${VIDEO_SHAPE[@]}" --train_target motion_lora \
   --configs sft sspo_20 --skip stock batched swap
+# SDXL: train_sspo_sdxl.py's own step on the SDXL base architecture (tiny SDXL architecture, 64 px, fp32 on CPU)
+if [[ $DEVICE == cuda ]]; then SDXL=(--device cuda); else SDXL=(--device cpu --size tiny); fi
+run_variant sdxl_sspo 1 200 --sdxl "${SDXL[@]}"
 if ((XFORMERS)); then
   run_variant adam8bit_xformers 0 80 --use_8bit_adam --enable_xformers_memory_efficient_attention \
     --configs dpo sspo_20 --skip stock
@@ -173,9 +180,11 @@ for path in sorted(glob.glob(os.path.join(out_dir, "*", "bench_sspo.json")), key
     report = json.load(open(path))
     report["variant"] = os.path.basename(os.path.dirname(path))
     variants.append(report)
-if not variants:
+sdxl = [json.load(open(path)) for path in glob.glob(os.path.join(out_dir, "*", "bench_sspo_sdxl.json"))]
+if not variants and not sdxl:
     sys.exit("no variant produced a report")
-first = variants[0]
+first = variants[0] if variants else dict(sdxl[0], model="-", resolution="-", batch_size="-", rank="-", steps="-",
+                                          warmup="-", settings={"dtype": "-"}, configs=[])
 m = first["machine"]
 cpu = m["device"] == "cpu"
 mem = "peak RSS GiB (CPU)" if cpu else "peak allocated GiB | peak reserved GiB"
@@ -186,6 +195,8 @@ lines = [f"# SSPO GPU smoke: {m['device_name']} ({m['device']}), torch {m['torch
          f"{elapsed} s of a {budget} s budget.", "",
          f"| variant | input | config | sampling steps | step s (median) | self-sampling | swap | ref fwd | policy fwd+bwd | other | {mem} |",
          "|" + " --- |" * (11 if cpu else 12)]
+if not variants:  # only the SDXL line ran
+    lines = lines[:1] + ["", f"{elapsed} s of a {budget} s budget."]
 for v in variants:
     shape = f"{v['resolution']} px" + (f" x {v['video']['num_frames']} frames" if v.get("video") else "")
     for row in v["configs"]:
@@ -226,14 +237,25 @@ for v in variants:
                 held = row["peak_memory_bytes"] if cpu else row["peak_reserved_bytes"]
                 goal.append(f"- {v['variant']} {row['config']}: peak {'RSS' if cpu else 'reserved'} {held / GIB:.2f} GiB: "
                             + ("CPU run, not VRAM" if cpu else ("fits" if held <= 12 * GIB else "does NOT fit") + " in 12 GiB"))
-lines += ["", "Goal: an SSPO step in 12 GiB of VRAM with 8-bit Adam and gradient checkpointing:"] + (goal or ["- no such run"])
+if variants:
+    lines += ["", "Goal: an SSPO step in 12 GiB of VRAM with 8-bit Adam and gradient checkpointing:"] + (goal or ["- no such run"])
+for report in sdxl:  # train_sspo_sdxl.py (bench_sspo_sdxl.py): its own goal, 24 GiB
+    st = report["settings"]
+    held = report.get("peak_reserved_bytes", report.get("peak_rss_bytes"))
+    steps = ", ".join(f"{x:.2f}" for x in report["step_seconds"])
+    lines += ["", f"SDXL (train_sspo_sdxl.py): {report['model']}, {st['resolution']} px, batch 1, {st['dtype']}, LoRA rank "
+              f"{st['rank']}, {'8-bit Adam' if report['use_8bit_adam'] else 'AdamW'}, gradient checkpointing, SSPO with "
+              f"{st['self_sample_steps']} self-sampling steps: step seconds {steps} (the first with warm-up); peak "
+              + (f"RSS {held / GIB:.2f} GiB (CPU run, not VRAM)" if cpu else
+                 f"reserved {held / GIB:.2f} GiB: {'fits' if report['goal']['fits'] else 'does NOT fit'} in 24 GiB")]
 if notes:
     lines += ["", "Notes:"] + [f"- {n}" for n in notes]
 text = "\n".join(lines) + "\n"
 open(os.path.join(out_dir, "gpu_smoke_summary.md"), "w").write(text)
 json.dump({"budget_s": budget, "elapsed_s": elapsed, "xformers": xformers, "notes": notes,
            "variants": [{k: v[k] for k in ("variant", "machine", "model", "resolution", "batch_size", "settings", "video",
-                                           "matmul_peak", "configs", "batched_self_sampling", "targets")} for v in variants]},
+                                           "matmul_peak", "configs", "batched_self_sampling", "targets")} for v in variants],
+           "sdxl": sdxl},
           open(os.path.join(out_dir, "gpu_smoke_summary.json"), "w"), indent=2)
 print(text)
 EOF

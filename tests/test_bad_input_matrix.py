@@ -1,4 +1,4 @@
-"""Bad input across both trainers, table-driven: every case must stop within seconds with one
+"""Bad input across the trainers (SD1.5, AnimateDiff, SDXL), table-driven: every case must stop within seconds with one
 last stderr line ``error: ...`` that names the problem and says how to fix it, with no Python
 traceback and without writing a LoRA or a weighted checkpoint. Plus: the --hub_token never
 reaches disk or the logs, and static checks on unsafe loading (trust_remote_code, torch.load).
@@ -30,7 +30,8 @@ import sspo_tiny
 
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = {"sd": os.path.join(REPO_ROOT, "train_sspo_sd15.py"), "ad": os.path.join(REPO_ROOT, "train_sspo_animatediff.py")}
+SCRIPTS = {"sd": os.path.join(REPO_ROOT, "train_sspo_sd15.py"), "ad": os.path.join(REPO_ROOT, "train_sspo_animatediff.py"),
+           "xl": os.path.join(REPO_ROOT, "train_sspo_sdxl.py")}
 MAX_CASE_SECONDS = 90  # a loose guard: bad input must fail early, not after minutes of training
 SUBPROCESS_TIMEOUT = 300
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -70,13 +71,16 @@ BASE_ARGS = {
            "--resolution": "64", "--num_frames": "4", "--sample_stride": "1", "--train_batch_size": "1",
            "--self_sample_steps": "2", "--max_train_steps": "1", "--learning_rate": "1e-3", "--report_to": "none",
            "--seed": "0"},
+    "xl": {"--pretrained_model_name_or_path": "{sdxl_model}", "--train_data_dir": "{images}", "--output_dir": "{out}",
+           "--resolution": "64", "--train_batch_size": "2", "--self_sample_steps": "2", "--max_train_steps": "1",
+           "--learning_rate": "1e-3", "--report_to": "none", "--seed": "0"},
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Case:
     id: str
-    script: str  # "sd" or "ad"
+    script: str  # "sd", "ad" or "xl"
     overrides: Dict[str, object]
     problem: Tuple[str, ...]  # all of these must be in the error line: they name the problem
     fix: str  # a regex (case-insensitive) the error line must match: it says how to fix the problem
@@ -134,6 +138,18 @@ CASES = [
     Case("ad-8bit-adam-without-bitsandbytes", "ad", {"--use_8bit_adam": True},
          ("--use_8bit_adam", "bitsandbytes"), r"pip install bitsandbytes|drop the flag",
          env={"PYTHONPATH": "{fake_bnb}"}),
+    Case("xl-nonexistent-model", "xl", {"--pretrained_model_name_or_path": "{missing_model}"},
+         ("--pretrained_model_name_or_path", "no such folder"), r"pass a diffusers model folder|hub id"),
+    Case("xl-sd15-model", "xl", {"--pretrained_model_name_or_path": "{model}"},
+         ("--pretrained_model_name_or_path", "not an SDXL"), r"train_sspo_sd15\.py"),
+    Case("xl-nonexistent-vae", "xl", {"--pretrained_vae_model_name_or_path": "{missing_model}"},
+         ("--pretrained_vae_model_name_or_path", "no such folder"), r"pass an AutoencoderKL folder|hub id"),
+    Case("xl-missing-caption-column", "xl", {"--caption_column": "nonexistent"},
+         ("--caption_column", "'nonexistent'"), r"columns are"),
+    Case("xl-pickapic-truncated-jpeg", "xl", {"--train_data_dir": None, "--dataset_name": "{pickapic_corrupt}"},
+         ("row 0", "decode"), r"--on_bad_sample skip|remove it"),
+    Case("xl-resolution-not-multiple-of-8", "xl", {"--resolution": "60"},
+         ("--resolution 60",), r"multiple of 8"),
     Case("ad-missing-metadata-file", "ad", {"--metadata_file": "{missing_metadata}"},
          ("--metadata_file", "no such file"), r"\b(pass|check|point|create|use)\b"),
 ]
@@ -202,8 +218,10 @@ def resources(tiny_model_dir, tiny_imagefolder_dir, tiny_motion_adapter_dir, tmp
         "        return None\n"
         "    return _find_spec(name, path, target)\n"
         "importlib.machinery.PathFinder.find_spec = staticmethod(_hide_bitsandbytes)\n")
+    sdxl_model = sspo_tiny.build_tiny_sdxl_pipeline(str(root / "sdxl_model"))
     return {
         "model": tiny_model_dir,
+        "sdxl_model": sdxl_model,
         "images": tiny_imagefolder_dir,
         "adapter": tiny_motion_adapter_dir,
         "missing_model": str(root / "no_such_model"),
@@ -315,9 +333,9 @@ def test_bad_input_fails_with_one_clear_line(case, background):
             f"[{case.id}] the failed resume added or removed checkpoints: {weighted_checkpoints(run.output_dir)}")
 
 
-def test_case_table_covers_both_scripts():
+def test_case_table_covers_every_script():
     assert len(CASES) >= 13 and len({case.id for case in CASES}) == len(CASES)
-    assert {case.script for case in CASES} == {"sd", "ad"}
+    assert {case.script for case in CASES} == {"sd", "ad", "xl"}
 
 
 # ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """benchmarks/bench_sspo.py in smoke mode, for images and for video (--video): it runs and writes its table, JSON
-and plot (timings are not tested); the random-init SD1.5 and AnimateDiff v1-5-2 architectures; benchmarks/gpu_smoke.sh
-on CPU (slow)."""
+and plot (timings are not tested); the random-init SD1.5, AnimateDiff v1-5-2 and SDXL architectures;
+benchmarks/gpu_smoke.sh on CPU (slow)."""
 
 import importlib
 import json
@@ -195,6 +195,23 @@ def test_random_init_sd15_has_the_real_architecture():
     assert text_encoder.config.eos_token_id == tokenizer.convert_tokens_to_ids("<|endoftext|>")
 
 
+def test_random_init_sdxl_has_the_real_architecture():
+    """bench_sspo_sdxl.py's SDXL base on the meta device: the published parameter counts."""
+    sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
+    try:
+        bench_sdxl = importlib.import_module("bench_sspo_sdxl")
+    finally:
+        sys.path.pop(0)
+    unet, vae, text_encoder, text_encoder_2, tokenizer = bench_sdxl.random_sdxl_modules()
+    counts = [sum(p.numel() for p in model.parameters()) for model in (unet, vae, text_encoder, text_encoder_2)]
+    assert counts == [2_567_463_684, 83_653_863, 123_060_480, 694_659_840]
+    assert all(p.is_meta for p in unet.parameters())
+    # The UNet's added embedding takes six time ids and the second encoder's pooled projection.
+    assert unet.config.projection_class_embeddings_input_dim == 6 * unet.config.addition_time_embed_dim + \
+        text_encoder_2.config.projection_dim
+    assert unet.config.cross_attention_dim == text_encoder.config.hidden_size + text_encoder_2.config.hidden_size
+
+
 def test_random_init_reduced_materializes_and_runs():
     bench = bench_module()
     pipe = bench.random_init_pipeline("sd15_reduced", torch.device("cpu"), torch.float32)
@@ -265,3 +282,6 @@ def test_gpu_smoke_script_on_cpu(tmp_path):
     assert "| adam8bit_sdpa | 64 px | sspo_20 |" in text and "sd15_reduced" in text
     assert "| animatediff_motion_lora | 64 px x 4 frames | sspo_20 |" in text and "Top kernels" in text
     assert "xformers" in result.stdout  # says whether xformers was used or why not
+    sdxl = summary["sdxl"][0]  # train_sspo_sdxl.py's own step on the tiny SDXL architecture
+    assert sdxl["use_8bit_adam"] and sdxl["gradient_checkpointing"] and len(sdxl["step_seconds"]) == 3
+    assert sdxl["peak_rss_bytes"] > 0 and "SDXL (train_sspo_sdxl.py): tiny SDXL architecture" in text

@@ -1,4 +1,4 @@
-"""Data loading of train_sspo_sd15.py: Pick-a-Pic winners, imagefolder, plain caption data."""
+"""Data loading of train_sspo_sd15.py (through sspo_utils): Pick-a-Pic winners, imagefolder, plain caption data."""
 
 import datasets
 import pytest
@@ -30,7 +30,7 @@ def parse(model_dir, *extra):
 
 
 def load_examples(args, tokenizer):
-    dataset, caption_column, image_columns, is_pickapic = train.prepare_dataset(args)
+    dataset, caption_column, image_columns, is_pickapic = sspo_utils.prepare_image_dataset(args)
     preprocess = train.PreprocessTrain(args, tokenizer, caption_column, image_columns, is_pickapic)
     rows = dataset[:]
     return rows, preprocess(rows)
@@ -81,7 +81,7 @@ def test_unlabeled_rows_are_dropped(tiny_model_dir, tmp_path):
     dataset = dataset.map(lambda row, i: {"has_label": i != 1}, with_indices=True)
     dataset.to_parquet(str(path))
     args = parse(tiny_model_dir, "--dataset_name", str(tmp_path))
-    dataset, *_ = train.prepare_dataset(args)
+    dataset, *_ = sspo_utils.prepare_image_dataset(args)
     assert len(dataset) == 2
 
 
@@ -114,13 +114,13 @@ def test_missing_image_column_names_the_flag(tiny_model_dir, tmp_path):
     datasets.Dataset.from_dict({"caption": ["a"], "other": [1]}).to_parquet(str(tmp_path / "x.parquet"))
     args = parse(tiny_model_dir, "--dataset_name", str(tmp_path / "x.parquet"))
     with pytest.raises(SSPOInputError, match="--image_column"):
-        train.prepare_dataset(args)
+        sspo_utils.prepare_image_dataset(args)
 
 
 def test_dpo_on_winner_only_data_is_refused(tiny_model_dir, tiny_imagefolder_dir):
     args = parse(tiny_model_dir, "--train_data_dir", tiny_imagefolder_dir, "--loss_type", "dpo")
     with pytest.raises(SSPOInputError, match="preference pairs"):
-        train.prepare_dataset(args)
+        sspo_utils.prepare_image_dataset(args)
 
 
 def test_streaming_pickapic_yields_winners(tiny_model_dir, tokenizer, tmp_path, accelerate_state):

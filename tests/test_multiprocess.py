@@ -1,5 +1,5 @@
-"""Two real CPU ranks (gloo DDP) per training script: the ranks must end with identical trained
-weights and identical RCR pools, and only rank 0 may write the shared outputs.
+"""Two real CPU ranks (gloo DDP) per training script (SD1.5, AnimateDiff, SDXL): the ranks must end
+with identical trained weights and identical RCR pools, and only rank 0 may write the shared outputs.
 
 ``accelerate launch --cpu --num_processes 2`` silently runs ONE process, so the ranks are
 started with ``--multi_gpu`` and ``ACCELERATE_USE_CPU=true`` instead. Each rank runs the script
@@ -22,6 +22,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SD_SCRIPT = os.path.join(REPO_ROOT, "train_sspo_sd15.py")
 ANIMATEDIFF_SCRIPT = os.path.join(REPO_ROOT, "train_sspo_animatediff.py")
 INSTRUMENTED_RUN = os.path.join(REPO_ROOT, "tests", "instrumented_run.py")
+SDXL_SCRIPT = os.path.join(REPO_ROOT, "train_sspo_sdxl.py")
 SD_PROMPT = "a red circle on a blue background"
 VIDEO_PROMPT = "a red circle moving right on a blue background"
 
@@ -125,3 +126,15 @@ def test_animatediff_two_cpu_ranks_stay_in_sync(tiny_model_dir, tiny_motion_adap
     check_two_ranks_agree(result, output_dir, dump_dir,
                           [f"{phase}_step3_0.{ext}" for phase in ("validation", "final_trained", "final_base")
                            for ext in ("gif", "mp4")])
+
+
+@pytest.mark.slow
+def test_sdxl_two_cpu_ranks_stay_in_sync(tiny_imagefolder_dir, tmp_path):
+    model_dir = sspo_tiny.build_tiny_sdxl_pipeline(str(tmp_path / "sdxl_model"))
+    output_dir, dump_dir = tmp_path / "out", tmp_path / "dump"
+    result = launch_two_ranks(SDXL_SCRIPT, [
+        "--pretrained_model_name_or_path", model_dir, "--train_data_dir", tiny_imagefolder_dir, "--random_crop",
+        *common_args(output_dir), "--gradient_checkpointing", "--validation_prompts", SD_PROMPT,
+        "--num_validation_images", "1"], dump_dir)
+    check_two_ranks_agree(result, output_dir, dump_dir,
+                          ["validation_step3_0.png", "final_lora_step3_0.png", "final_base_step3_0.png"])

@@ -27,8 +27,8 @@ def run_readme_block(marker, tmp_path, skip_install):
     if skip_install:
         assert "pip install -r requirements.txt" in lines[0]
         lines = lines[1:]
-    for name in ("train_sspo_sd15.py", "train_sspo_animatediff.py", "sspo_utils.py", "sspo_tiny.py", "shapes_world.py",
-                 "evaluate_sspo.py", "models", "data", "experiments"):
+    for name in ("train_sspo_sd15.py", "train_sspo_sdxl.py", "train_sspo_animatediff.py", "sspo_utils.py",
+                 "sspo_tiny.py", "shapes_world.py", "evaluate_sspo.py", "models", "data", "experiments"):
         if not (tmp_path / name).exists():
             os.symlink(os.path.join(REPO_ROOT, name), tmp_path / name)
     if not (tmp_path / ".venv").exists():
