@@ -537,8 +537,8 @@ class MergedSnapshotUNet:
 
 def merged_copy_fits(unet: torch.nn.Module, dtype: torch.dtype) -> bool:
     """``--self_sample_merged_copy auto``: on for a CUDA UNet whose copy takes at most a quarter
-    of the free device memory, so the training step keeps its room. Off elsewhere: on CPU, with no
-    autocast casts to save, the LoRA-layer sampler is as fast and costs no memory."""
+    of the free device memory, so the training step keeps its room. Off elsewhere: CPU runs keep the
+    LoRA-layer sampler, with which the committed CPU studies were made, so that they rerun bit for bit."""
     device = next(unet.parameters()).device
     if device.type != "cuda":
         return False
@@ -547,7 +547,7 @@ def merged_copy_fits(unet: torch.nn.Module, dtype: torch.dtype) -> bool:
     return nbytes <= free / 4
 
 
-def create_merged_copy(choice: str, unet: torch.nn.Module, reference_pool: "ReferencePool",
+def create_merged_copy(choice: str, unet: torch.nn.Module, trained_names: Sequence[str],
                        dtype: torch.dtype) -> Optional[MergedSnapshotUNet]:
     """The merged-copy self-sampler for ``--self_sample_merged_copy`` (auto, on, off), or None for
     the LoRA-layer one. Logs the choice and its memory cost."""
@@ -555,7 +555,7 @@ def create_merged_copy(choice: str, unet: torch.nn.Module, reference_pool: "Refe
         logger.info(f"Self-sampling through the trained UNet with the RCR snapshot swapped in (--self_sample_merged_copy "
                     f"{choice}).")
         return None
-    merged = MergedSnapshotUNet(unet, reference_pool.names, dtype)
+    merged = MergedSnapshotUNet(unet, trained_names, dtype)
     logger.info(f"Self-sampling from a merged copy of the UNet in {str(dtype).replace('torch.', '')}: "
                 f"{merged.nbytes / 2**30:.2f} GiB more memory (--self_sample_merged_copy off saves it).")
     return merged

@@ -350,7 +350,7 @@ def main(args):
     self_sampler = SSPOSelfSamplingPipeline.from_training_components(
         vae, text_encoder, tokenizer, unet, self_sample_scheduler(args, noise_scheduler))
     # Built before accelerator.prepare, which wraps the trained UNet's forward in autocast.
-    merged_copy = (create_merged_copy(args.self_sample_merged_copy, unet, reference_pool, weight_dtype)
+    merged_copy = (create_merged_copy(args.self_sample_merged_copy, unet, reference_pool.names, weight_dtype)
                    if args.loss_type == "sspo" else None)
     negative_prompt_embeds = encode_prompt_ids(text_encoder, tokenize(tokenizer, [""]))
 

@@ -228,9 +228,9 @@ def test_motion_module_snapshots_are_copied_in(tiny_model_dir, tiny_motion_adapt
 def test_merged_copy_choice(tiny_model_dir, caplog):
     unet, pool = lora_unet(tiny_model_dir)
     with caplog.at_level(logging.INFO, logger="sspo_utils"):
-        assert create_merged_copy("off", unet, pool, torch.float32) is None
-        assert create_merged_copy("auto", unet, pool, torch.float32) is None  # CPU: the LoRA layers
-        merged = create_merged_copy("on", unet, pool, torch.bfloat16)
+        assert create_merged_copy("off", unet, pool.names, torch.float32) is None
+        assert create_merged_copy("auto", unet, pool.names, torch.float32) is None  # CPU: the LoRA layers
+        merged = create_merged_copy("on", unet, pool.names, torch.bfloat16)
     assert isinstance(merged, MergedSnapshotUNet)
     frozen = sum(p.numel() for n, p in unet.named_parameters() if ".lora_" not in n)
     assert merged.nbytes == 2 * frozen  # one UNet in bf16
