@@ -265,3 +265,41 @@ def test_gpu_smoke_script_on_cpu(tmp_path):
     assert "| adam8bit_sdpa | 64 px | sspo_20 |" in text and "sd15_reduced" in text
     assert "| animatediff_motion_lora | 64 px x 4 frames | sspo_20 |" in text and "Top kernels" in text
     assert "xformers" in result.stdout  # says whether xformers was used or why not
+
+
+@pytest.mark.slow  # about 45 s of CPU: two configurations of the reduced SD1.5 architecture
+def test_accumulation_and_merged_copy_follow_the_trainer(tmp_path):
+    """--gradient_accumulation_steps 2 with --self_sample_merged_copy on: the self-samples of both micro-batches
+    come from one merge of the drawn snapshot (timed as the swap it replaces), each micro-batch swaps once for its
+    reference pass, samples/s counts both micro-batches, and the SSPO / DPO ratio is reported."""
+    bench = bench_module()
+    args = bench.parse_args(["--device", "cpu", "--random_init_from_config", "sd15_reduced", "--smoke", "--batch_size",
+                             "1", "--gradient_accumulation_steps", "2", "--self_sample_merged_copy", "on",
+                             "--configs", "dpo", "sspo_10", "--output_dir", str(tmp_path)])
+    args.resolution = 64  # main() sets it from the model
+    shared = bench.load_shared(args)
+    shared.resolution = args.resolution
+    assert shared.merged is not None and shared.merged.dtype == torch.float32
+    calls = []
+    real = bench.sspo_utils.self_sample_step
+
+    def recording(self_sampler, prompt_embeds, *rest, unet=None, **kwargs):
+        calls.append((len(prompt_embeds), unet is shared.merged.unet, torch.is_autocast_enabled("cpu")))
+        return real(self_sampler, prompt_embeds, *rest, unet=unet, **kwargs)
+
+    bench.sspo_utils.self_sample_step = recording
+    try:
+        dpo, sspo = (bench.run_config(args, name, shared) for name in ("dpo", "sspo_10"))
+    finally:
+        bench.sspo_utils.self_sample_step = real
+    assert calls and all(call == (2, True, False) for call in calls)  # both micro-batches, one call, no autocast
+    assert dpo["swaps_per_step"] == sspo["swaps_per_step"] == 2  # the reference passes only
+    assert sspo["phase_seconds_per_step"]["self_sampling"] > 0
+    assert sspo["samples_per_second"] == pytest.approx(2 / sspo["step_seconds_median"])
+    targets = bench.summarize([dpo, sspo], None, None)
+    assert targets["8_sspo_over_dpo_step"]["measured"] == pytest.approx(
+        sspo["step_seconds_median"] / dpo["step_seconds_median"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--video", "--gradient_accumulation_steps", "2"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--sampling_without_lora", "--self_sample_merged_copy", "on"])
