@@ -249,7 +249,7 @@ def test_gpu_smoke_script_on_cpu(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((summary_dir / "gpu_smoke_summary.json").read_text())
     variants = {v["variant"]: v for v in summary["variants"]}
-    assert {"adamw_sdpa", "adam8bit_sdpa", "animatediff_motion_lora"} <= set(variants)
+    assert {"adamw_sdpa", "realscale_4x8", "sampling_merged", "adam8bit_sdpa", "animatediff_motion_lora"} <= set(variants)
     assert variants["adam8bit_sdpa"]["settings"]["optimizer"] == "AdamW8bit"
     assert all(v["settings"]["gradient_checkpointing"] for v in variants.values())
     sspo = next(row for row in variants["adam8bit_sdpa"]["configs"] if row["config"] == "sspo_20")
@@ -261,9 +261,16 @@ def test_gpu_smoke_script_on_cpu(tmp_path):
     profile = variants["adamw_sdpa"]["batched_self_sampling"]["profile"]
     assert profile["top"] and 0 < sum(k["share"] for k in profile["top"]) <= 1 + 1e-6
     assert (tmp_path / "out" / "adamw_sdpa" / "profile_self_sampling.txt").read_text().count("aten::") >= 5
+    real_scale = variants["realscale_4x8"]
+    assert (real_scale["batch_size"], real_scale["gradient_accumulation_steps"]) == (2, 2)  # 4 x 8 on the GPU
+    assert "8_sspo_over_dpo_step" in real_scale["targets"]
+    merged = variants["sampling_merged"]["batched_self_sampling"]
+    assert merged["merged_copy"] and merged["without_autocast"] and 0 <= merged["profile"]["aten_copy_share"] <= 1
     text = (summary_dir / "gpu_smoke_summary.md").read_text()
-    assert "| adam8bit_sdpa | 64 px | sspo_20 |" in text and "sd15_reduced" in text
-    assert "| animatediff_motion_lora | 64 px x 4 frames | sspo_20 |" in text and "Top kernels" in text
+    assert "| adam8bit_sdpa | 64 px, batch 1 x 1 | sspo_20 |" in text and "sd15_reduced" in text
+    assert "| animatediff_motion_lora | 64 px x 4 frames, batch 1 x 1 | sspo_20 |" in text and "Top kernels" in text
+    assert "| realscale_4x8 | 64 px, batch 2 x 2 | sspo_20 |" in text and "SSPO (20 sampling steps) / DPO" in text
+    assert "| sampling_merged | 2 |" in text and "| merged copy, no autocast |" in text
     assert "xformers" in result.stdout  # says whether xformers was used or why not
 
 
