@@ -15,7 +15,8 @@ replaced by a sample x^s that a past checkpoint generates for the same caption:
 Sections, in the paper's vocabulary:
   1. losses: ``per_sample_error``, ``sspo_loss``, ``dpo_loss``
   2. the RCR reference pool: ``ReferencePool``
-  3. the self-sampling pipeline: ``SSPOSelfSamplingPipeline``
+  3. the self-sampling pipeline: ``SSPOSelfSamplingPipeline``, and ``MergedSnapshotUNet``, a copy of the
+     frozen UNet with the drawn snapshot merged in, to sample from without LoRA layers or autocast
   4. reproducible randomness: ``TrainingGenerators``
   5. checkpoints: atomic, fsynced save with a SHA-256 manifest, rotation, a verified ``latest``
      lookup, run compatibility, and ``python sspo_utils.py verify OUTPUT_DIR``
@@ -383,6 +384,7 @@ class SSPOSelfSamplingPipeline(StableDiffusionPipeline):
         generator=None,
         num_frames: Optional[int] = None,
         latents: Optional[torch.Tensor] = None,
+        unet: Optional[torch.nn.Module] = None,
     ) -> torch.Tensor:
         batch_size = prompt_embeds.shape[0]
         if negative_prompt_embeds.shape[0] == 1 and batch_size > 1:
@@ -393,16 +395,18 @@ class SSPOSelfSamplingPipeline(StableDiffusionPipeline):
             embeds = embeds.repeat_interleave(num_frames, dim=0)
 
         shape = self.latent_shape(batch_size, height, width, num_frames)
-        return denoise_with_guidance(self, shape, embeds, num_inference_steps, guidance_scale, generator, latents)
+        return denoise_with_guidance(self, shape, embeds, num_inference_steps, guidance_scale, generator, latents,
+                                     unet=unet)
 
 
 def denoise_with_guidance(pipeline, shape, embeds, num_inference_steps, guidance_scale, generator=None, latents=None,
-                          added_cond_kwargs=None):
+                          added_cond_kwargs=None, unet=None):
     """The denoising loop of the stock pipelines, from initial noise (``latents``, else drawn
     with ``generator``) to z_s: one batched UNet call per step on [uncond, cond] when
     guidance_scale > 1 (``embeds`` and ``added_cond_kwargs`` already hold both halves). The
-    UNet runs in eval mode and is put back as it was found."""
-    unet, scheduler = pipeline.unet, pipeline.scheduler
+    UNet (the pipeline's, or ``unet``, e.g. a MergedSnapshotUNet's copy) runs in eval mode and
+    is put back as it was found."""
+    unet, scheduler = pipeline.unet if unet is None else unet, pipeline.scheduler
     device, dtype = embeds.device, embeds.dtype
     do_cfg = guidance_scale > 1.0
     if latents is None:
@@ -447,8 +451,8 @@ class SSPOSDXLSelfSamplingPipeline(StableDiffusionXLPipeline):
 
     @torch.inference_mode()
     def sample_latents(self, prompt_embeds, negative_prompt_embeds, height, width, num_inference_steps=20,
-                       guidance_scale=5.0, generator=None, num_frames=None, latents=None, *, pooled_prompt_embeds,
-                       negative_pooled_prompt_embeds, add_time_ids) -> torch.Tensor:
+                       guidance_scale=5.0, generator=None, num_frames=None, latents=None, unet=None, *,
+                       pooled_prompt_embeds, negative_pooled_prompt_embeds, add_time_ids) -> torch.Tensor:
         batch_size = prompt_embeds.shape[0]
         add_time_ids = add_time_ids.to(prompt_embeds.device, dtype=prompt_embeds.dtype)
         if guidance_scale > 1.0:
@@ -459,7 +463,7 @@ class SSPOSDXLSelfSamplingPipeline(StableDiffusionXLPipeline):
             embeds, text_embeds = prompt_embeds, pooled_prompt_embeds
         shape = self.latent_shape(batch_size, height, width)
         return denoise_with_guidance(self, shape, embeds, num_inference_steps, guidance_scale, generator, latents,
-                                     added_cond_kwargs={"text_embeds": text_embeds, "time_ids": add_time_ids})
+                                     added_cond_kwargs={"text_embeds": text_embeds, "time_ids": add_time_ids}, unet=unet)
 
 
 def self_sample_step(
@@ -473,9 +477,11 @@ def self_sample_step(
     generator: torch.Generator,
     chunk_size: Optional[int] = None,
     num_frames: Optional[int] = None,
+    unet: Optional[torch.nn.Module] = None,
     **conditioning,
 ) -> List[torch.Tensor]:
-    """x^s for every micro-batch of one optimizer step, from the RCR snapshot swapped in.
+    """x^s for every micro-batch of one optimizer step, from the RCR snapshot: ``unet`` (the UNet that
+    ``rcr_sampling_unet`` yields), or by default the pipeline's UNet with the snapshot swapped in.
 
     ``prompt_embeds`` holds one tensor per micro-batch. All self-samples are generated in
     batched calls of ``chunk_size`` (default: all at once), which keeps the GPU busy where
@@ -500,11 +506,125 @@ def self_sample_step(
     latents = [
         self_sampler.sample_latents(all_embeds[start:start + chunk_size], negative_prompt_embeds, height, width,
                                     num_inference_steps, guidance_scale, generator, num_frames=num_frames,
-                                    latents=initial_noise[start:start + chunk_size],
+                                    latents=initial_noise[start:start + chunk_size], unet=unet,
                                     **{**conditioning, **{name: value[start:start + chunk_size]
                                                           for name, value in batched.items()}})
         for start in range(0, len(all_embeds), chunk_size)]
     return list(torch.cat(latents).split(sizes))
+
+
+MERGED_COPY_CHOICES = ("auto", "on", "off")
+LORA_A_NAME = re.compile(r"^(?P<module>.+)\.lora_A\.(?P<adapter>[^.]+)\.weight$")
+
+
+class MergedSnapshotUNet:
+    """The self-sampler's own UNet: a copy of the frozen UNet in the sampling dtype, with an RCR
+    snapshot merged into its weights (W + scaling * B A for a LoRA, the snapshot itself for fully
+    trained modules such as AnimateDiff's motion modules).
+
+    * ``merge(snapshot)`` returns the copy with ``snapshot`` (one entry of ``ReferencePool.snapshots``)
+      merged in. It recomputes the merged weights only when the snapshot differs from the last one,
+      always from the trained UNet's frozen base weights, so the result never depends on which
+      snapshots were merged before (resume stays exact).
+    * The copy has no LoRA layers and every weight is cast once to ``dtype``: sampling runs without
+      autocast and without the per-layer casts and rank-r products of the LoRA layers.
+    * The trained UNet and its LoRA are only read, never written.
+    * Cost: one UNet in ``dtype`` (``nbytes``). Build it before ``accelerator.prepare``, which patches
+      the trained UNet's forward with autocast.
+    """
+
+    def __init__(self, unet: torch.nn.Module, trained_names: Sequence[str], dtype: torch.dtype):
+        import copy
+
+        self.names = list(trained_names)
+        self.dtype = dtype
+        trained = dict(unet.named_parameters())
+        merged = copy.deepcopy(unet)
+        merged.__dict__.pop("forward", None)  # accelerate's autocast patch, if it was already there
+        if getattr(merged, "peft_config", None):
+            merged.unload_lora()  # each LoRA layer becomes its base layer
+        merged.requires_grad_(False)
+        if getattr(merged, "is_gradient_checkpointing", False):
+            merged.disable_gradient_checkpointing()
+        self.unet = merged.to(dtype=dtype).eval()
+        copy_params = dict(self.unet.named_parameters())
+        modules = dict(unet.named_modules())
+        index = {name: i for i, name in enumerate(self.names)}
+        # (copy weight, frozen base weight, index of A, index of B, scaling) and (copy weight, index)
+        self.lora_merges, self.full_copies = [], []
+        for i, name in enumerate(self.names):
+            lora = LORA_A_NAME.match(name)
+            if lora:
+                module, adapter = lora.group("module"), lora.group("adapter")
+                base = trained[f"{module}.base_layer.weight"]
+                if base.dim() != 2 or getattr(modules[module], "fan_in_fan_out", False):
+                    raise ValueError(f"The merged self-sampler handles LoRA on linear layers only; {module} is not one.")
+                self.lora_merges.append((copy_params[f"{module}.weight"], base, i,
+                                         index[f"{module}.lora_B.{adapter}.weight"], modules[module].scaling[adapter]))
+            elif ".lora_B." not in name:
+                if ".lora_" in name or name not in copy_params:
+                    raise ValueError(f"The merged self-sampler cannot merge the trained tensor {name}.")
+                self.full_copies.append((copy_params[name], i))
+        self._merged = None  # weak reference to the first tensor of the snapshot merged last
+        self.merges = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.unet.parameters())
+
+    @torch.no_grad()
+    def merge(self, snapshot: Sequence[torch.Tensor]) -> torch.nn.Module:
+        import weakref
+
+        if self._merged is not None and self._merged() is snapshot[0]:
+            return self.unet
+        for weight, base, a, b, scaling in self.lora_merges:
+            lora_a, lora_b = (snapshot[j].to(weight.device, torch.float32) for j in (a, b))
+            weight.copy_(base.float() + scaling * (lora_b @ lora_a))  # one rounding to the sampling dtype
+        for weight, j in self.full_copies:
+            weight.copy_(snapshot[j])
+        self._merged = weakref.ref(snapshot[0])
+        self.merges += 1
+        return self.unet
+
+
+def merged_copy_fits(unet: torch.nn.Module, dtype: torch.dtype) -> bool:
+    """``--self_sample_merged_copy auto``: on for a CUDA UNet whose copy takes at most a quarter
+    of the free device memory, so the training step keeps its room. Off elsewhere: CPU runs keep the
+    LoRA-layer sampler, with which the committed CPU studies were made, so that they rerun bit for bit."""
+    device = next(unet.parameters()).device
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    nbytes = sum(p.numel() for name, p in unet.named_parameters() if ".lora_" not in name) * torch.finfo(dtype).bits // 8
+    return nbytes <= free / 4
+
+
+def create_merged_copy(choice: str, unet: torch.nn.Module, trained_names: Sequence[str],
+                       dtype: torch.dtype) -> Optional[MergedSnapshotUNet]:
+    """The merged-copy self-sampler for ``--self_sample_merged_copy`` (auto, on, off), or None for
+    the LoRA-layer one. Logs the choice and its memory cost."""
+    if choice == "off" or (choice == "auto" and not merged_copy_fits(unet, dtype)):
+        logger.info(f"Self-sampling through the trained UNet with the RCR snapshot swapped in (--self_sample_merged_copy "
+                    f"{choice}).")
+        return None
+    merged = MergedSnapshotUNet(unet, trained_names, dtype)
+    logger.info(f"Self-sampling from a merged copy of the UNet in {str(dtype).replace('torch.', '')}: "
+                f"{merged.nbytes / 2**30:.2f} GiB more memory (--self_sample_merged_copy off saves it).")
+    return merged
+
+
+@contextlib.contextmanager
+def rcr_sampling_unet(reference_pool: "ReferencePool", index: int, unet: torch.nn.Module,
+                      merged_copy: Optional[MergedSnapshotUNet] = None):
+    """The UNet that generates x^s from RCR snapshot ``index``: the merged copy with that snapshot
+    merged in, or else ``unet`` (the trained one) with the snapshot swapped into its weights for
+    the duration of the block."""
+    if merged_copy is not None:
+        yield merged_copy.merge(reference_pool.snapshots[index])
+        return
+    with reference_pool.swapped_in(index):
+        yield unet
 
 
 # ---------------------------------------------------------------------------
@@ -1209,6 +1329,12 @@ def add_shared_arguments(parser, loss_types: Sequence[str], default_output_dir: 
                             "the x^s of all its micro-batches are generated together, in chunks of this size. Default: "
                             "all of them (train_batch_size x gradient_accumulation_steps) in one call; lower it to bound "
                             "memory (e.g. for long videos).")
+    group.add_argument("--self_sample_merged_copy", choices=MERGED_COPY_CHOICES, default="auto",
+                       help="Self-sample from a copy of the frozen UNet in the weight dtype with the drawn RCR snapshot's "
+                            "LoRA merged in (no LoRA layers, no autocast casts; refreshed when the drawn snapshot changes). "
+                            "Costs one UNet in that dtype (1.6 GiB for SD1.5 in bf16). auto: on for a CUDA UNet whose copy "
+                            "takes at most a quarter of the free memory, off on CPU. off: sample through the trained "
+                            "UNet's LoRA layers with the snapshot swapped in (no extra memory).")
 
     group = parser.add_argument_group("optimization")
     group.add_argument("--train_batch_size", type=int, default=4)

@@ -43,6 +43,7 @@ from sspo_utils import (
     check_shared_args,
     create_accelerator,
     create_hub_repo,
+    create_merged_copy,
     create_optimizer,
     draw_noise_and_timesteps,
     drop_captions,
@@ -57,6 +58,7 @@ from sspo_utils import (
     per_sample_error,
     pick_column,
     prepare_for_training,
+    rcr_sampling_unet,
     register_checkpoint_hooks,
     register_lora_checkpoint_hooks,
     resume_training_state,
@@ -354,6 +356,9 @@ def main(args):
                                    storage_device=accelerator.device if args.snapshots_on_device else "cpu")
     self_sampler = SSPOSelfSamplingPipeline.from_training_components(
         vae, text_encoder, tokenizer, unet, self_sample_scheduler(args, noise_scheduler))
+    # Built before accelerator.prepare, which wraps the trained UNet's forward in autocast.
+    merged_copy = (create_merged_copy(args.self_sample_merged_copy, unet, reference_pool.names, weight_dtype)
+                   if args.loss_type == "sspo" else None)
     negative_prompt_embeds = encode_prompt_ids(text_encoder, tokenize(tokenizer, [""]))
 
     optimizer = create_optimizer(args, trained_parameters, accelerator.num_processes)
@@ -393,11 +398,11 @@ def main(args):
             reference_index = None
             if args.loss_type == "sspo":  # RCR once per optimizer step; x^s (videos) for all its micro-batches
                 reference_index = reference_pool.sample(args.reference_strategy, generators.rcr)
-                with reference_pool.swapped_in(reference_index):
+                with rcr_sampling_unet(reference_pool, reference_index, self_sampler.unet, merged_copy) as sampling_unet:
                     step_latents_s = self_sample_step(
                         self_sampler, step_prompt_embeds, negative_prompt_embeds, args.resolution, args.resolution,
                         args.self_sample_steps, args.self_sample_guidance_scale, generators.sampling,
-                        args.self_sample_batch_size, num_frames=args.num_frames)
+                        args.self_sample_batch_size, num_frames=args.num_frames, unet=sampling_unet)
             step_metrics = []
             for i, (batch, prompt_embeds) in enumerate(zip(step_batches, step_prompt_embeds)):
                 with accumulate_micro_batch(accelerator, unet, is_last=i == len(step_batches) - 1):

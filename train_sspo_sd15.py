@@ -38,6 +38,7 @@ from sspo_utils import (
     check_image_data_args,
     create_accelerator,
     create_hub_repo,
+    create_merged_copy,
     create_optimizer,
     decode_image,
     dpo_loss,
@@ -54,6 +55,7 @@ from sspo_utils import (
     pair_columns,
     per_sample_error,
     prepare_for_training,
+    rcr_sampling_unet,
     run_with_clear_errors,
     save_lora_atomically,
     save_model_card,
@@ -189,6 +191,9 @@ def main(args):
         storage_device=accelerator.device if args.snapshots_on_device else "cpu", seed=args.seed or 0)
     self_sampler = SSPOSelfSamplingPipeline.from_training_components(
         vae, text_encoder, tokenizer, unet, self_sample_scheduler(args, noise_scheduler))
+    # Built before accelerator.prepare, which wraps the trained UNet's forward in autocast.
+    merged_copy = (create_merged_copy(args.self_sample_merged_copy, unet, reference_pool.names, weight_dtype)
+                   if args.loss_type == "sspo" else None)
     negative_prompt_embeds = encode_prompt_ids(text_encoder, tokenize(tokenizer, [""]))
 
     optimizer = create_optimizer(args, lora_parameters, accelerator.num_processes)
@@ -211,11 +216,11 @@ def main(args):
             with torch.no_grad():
                 step_prompt_embeds = [encode_prompt_ids(text_encoder, batch["input_ids"]) for batch in step_batches]
             if args.loss_type == "sspo":  # x^s for the whole step from the drawn checkpoint, kept as latents
-                with reference_pool.swapped_in(reference_index):
+                with rcr_sampling_unet(reference_pool, reference_index, self_sampler.unet, merged_copy) as sampling_unet:
                     step_latents_s = self_sample_step(
                         self_sampler, step_prompt_embeds, negative_prompt_embeds, args.resolution, args.resolution,
                         args.self_sample_steps, args.self_sample_guidance_scale, generators.sampling,
-                        args.self_sample_batch_size)
+                        args.self_sample_batch_size, unet=sampling_unet)
             step_metrics = []
             for i, (batch, prompt_embeds) in enumerate(zip(step_batches, step_prompt_embeds)):
                 with accumulate_micro_batch(accelerator, unet, is_last=i == len(step_batches) - 1):

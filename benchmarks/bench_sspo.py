@@ -139,6 +139,13 @@ def parse_args(input_args=None):
                              "LoRA weights stay fp32.")
     parser.add_argument("--resolution", type=int, default=None, help="Default: 64 for the tiny model, else 512.")
     parser.add_argument("--batch_size", type=int, default=2)
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                        help="Micro-batches per optimizer step, as in the trainers: the self-samples of all of them are "
+                             "generated in one batched call, then each micro-batch runs its reference and policy passes. "
+                             "The real-scale configuration is --batch_size 4 --gradient_accumulation_steps 8.")
+    parser.add_argument("--self_sample_merged_copy", choices=sspo_utils.MERGED_COPY_CHOICES, default="auto",
+                        help="As in the trainers: self-sample from a copy of the frozen UNet in --dtype with the RCR "
+                             "snapshot merged in, without autocast (auto: on for CUDA when it fits, off on CPU).")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10, help="Timed optimizer steps per configuration.")
     parser.add_argument("--warmup", type=int, default=2, help="At least 1: the first warm-up step counts FLOPs.")
@@ -205,6 +212,12 @@ def parse_args(input_args=None):
         parser.error("--self_sample_batch_size must be at least 1")
     if args.sampling_without_lora and args.video and args.train_target == "motion_modules":
         parser.error("--sampling_without_lora needs a LoRA: --train_target motion_modules has none")
+    if args.gradient_accumulation_steps < 1:
+        parser.error("--gradient_accumulation_steps must be at least 1")
+    if args.video and args.gradient_accumulation_steps > 1:
+        parser.error("--gradient_accumulation_steps is timed for images only (train_sspo_sd15.py's step)")
+    if args.sampling_without_lora and args.self_sample_merged_copy == "on":
+        parser.error("--sampling_without_lora measures the LoRA-layer sampler: not with --self_sample_merged_copy on")
     if args.sampling_micro_batches < 1 or args.sampling_micro_batch_size < 1:
         parser.error("--sampling_micro_batches and --sampling_micro_batch_size must be at least 1")
     if not args.video:
@@ -281,9 +294,11 @@ class SwapTimingPool(sspo_utils.ReferencePool):
     """The RCR pool, with the in-place copies in and out of a swap timed separately."""
 
     timer = None
+    swaps = 0
 
     @contextmanager
     def swapped_in(self, index):
+        self.swaps += 1
         with self.timer.phase("swap"):
             context = super().swapped_in(index)
             context.__enter__()
@@ -357,7 +372,7 @@ def matmul_peak(device, smoke=False):
 
 def autocast(device, dtype):
     """What accelerate's mixed precision does to the trainers' UNet calls."""
-    if dtype == torch.float32:
+    if dtype not in (torch.bfloat16, torch.float16):  # fp32 (or fp64 in probe_batch_difference.py): none
         return nullcontext()
     return torch.autocast(device.type, dtype=dtype)
 
@@ -534,14 +549,17 @@ def load_shared(args):
     captions = [caption for caption, _ in examples[: args.batch_size]]
     with autocast(device, dtype):
         negative = sspo_utils.encode_prompt_ids(text_encoder, sspo_utils.tokenize(tokenizer, [""]))
+    choice = "off" if args.sampling_without_lora else args.self_sample_merged_copy
+    merged = sspo_utils.create_merged_copy(choice, unet, [n for n, _ in trainable], dtype)
     return SimpleNamespace(
-        pipe=pipe, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, sampler=sampler,
+        pipe=pipe, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, sampler=sampler, merged=merged,
         device=device, dtype=dtype, trainable=trainable, parameters=[p for _, p in trainable],
         initial_lora=[p.detach().clone() for _, p in trainable], captions=captions,
         input_ids=sspo_utils.tokenize(tokenizer, captions), pixels_w=pixels[: args.batch_size],
         pixels_l=None if args.video else pixels[args.batch_size:], negative=negative,
         attention_processor=type(next(iter(unet.attn_processors.values()))).__name__,
         video=args.video, num_frames=args.num_frames if args.video else None,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
     )
 
 
@@ -613,11 +631,12 @@ def run_config(args, name, shared):
         "phase_seconds_per_step": {k: statistics.median(p[k] for p in step_phases) for k in PHASES},
         "phase_seconds_mean": {k: statistics.fmean(p[k] for p in step_phases) for k in PHASES},
         "peak_memory_bytes": peak_bytes, "peak_reserved_bytes": peak_reserved,
-        "samples_per_second": args.batch_size / median, "bare_unet_seconds_per_step": bare,
+        "samples_per_second": args.batch_size * args.gradient_accumulation_steps / median,
+        "bare_unet_seconds_per_step": bare,
         "trainable_parameters": sum(p.numel() for p in shared.parameters),
         "swap_bytes": pool.nbytes_per_snapshot(), "swap_mib": pool.nbytes_per_snapshot() / 2**20,
-        # the AnimateDiff trainer swaps twice: around self-sampling, and around each micro-batch's reference pass
-        "swaps_per_step": 0 if config["loss_type"] == "sft" else (2 if shared.video else 1),
+        # as the trainers: around self-sampling (not with the merged copy), and around each reference pass
+        "swaps_per_step": pool.swaps / (args.warmup + args.steps),
         "flops_per_step": flops,
     }
     if shared.video:
@@ -627,40 +646,59 @@ def run_config(args, name, shared):
     return row
 
 
+@contextmanager
+def sampling_unet(shared, timer, pool, index):
+    """The trainers' rcr_sampling_unet, with the merge of the merged copy timed as the swap it replaces;
+    also yields the autocast the sampling call runs under (none for the merged copy)."""
+    if shared.merged is None:
+        with sspo_utils.rcr_sampling_unet(pool, index, shared.unet) as unet:  # SwapTimingPool times the swap
+            yield unet, autocast(shared.device, shared.dtype)
+        return
+    with timer.phase("swap"):
+        unet = shared.merged.merge(pool.snapshots[index])
+    yield unet, nullcontext()
+
+
 def one_step(config, shared, timer, pool, noise_scheduler, generators, optimizer, max_grad_norm):
-    """One optimizer step of train_sspo_sd15.py (one micro-batch), phase by phase."""
+    """One optimizer step of train_sspo_sd15.py, phase by phase: --gradient_accumulation_steps micro-batches
+    of the same data, their self-samples generated together first, as the trainer does."""
     device, dtype, unet, vae = shared.device, shared.dtype, shared.unet, shared.vae
     amp = autocast(device, dtype)
+    micro_batches = shared.gradient_accumulation_steps
     with timer.phase("other"):
         with torch.no_grad(), amp:
-            latents_w = vae.encode(shared.pixels_w).latent_dist.sample(generators.noise) * vae.config.scaling_factor
             prompt_embeds = sspo_utils.encode_prompt_ids(shared.text_encoder, shared.input_ids)
-        noise, timesteps = sspo_utils.draw_noise_and_timesteps(noise_scheduler, latents_w, generators.noise)
         reference_index = pool.sample("uniform", generators.rcr)
-    if config["loss_type"] == "sft":
-        with timer.phase("policy_forward_backward"):
-            noisy = noise_scheduler.add_noise(latents_w, noise, timesteps)
-            with amp:
-                loss = sspo_utils.per_sample_error(unet(noisy, timesteps, prompt_embeds).sample, noise).mean()
-            loss.backward()
-    else:
-        with pool.swapped_in(reference_index):
-            with timer.phase("self_sampling" if config["self_sample_steps"] else "other"):
+    if config["loss_type"] == "sspo" and config["self_sample_steps"]:
+        with sampling_unet(shared, timer, pool, reference_index) as (sampler_unet, sampler_amp):
+            with timer.phase("self_sampling"), sampler_amp:
+                step_latents_s = sspo_utils.self_sample_step(
+                    shared.sampler, [prompt_embeds] * micro_batches, shared.negative, shared.resolution,
+                    shared.resolution, config["self_sample_steps"], GUIDANCE_SCALE, generators.sampling, None,
+                    unet=sampler_unet)
+    for i in range(micro_batches):
+        with timer.phase("other"):
+            with torch.no_grad(), amp:
+                latents_w = vae.encode(shared.pixels_w).latent_dist.sample(generators.noise) * vae.config.scaling_factor
                 if config["loss_type"] == "dpo":
-                    with torch.no_grad(), amp:
-                        latents_l = vae.encode(shared.pixels_l).latent_dist.sample(generators.noise) * vae.config.scaling_factor
-                elif config["self_sample_steps"]:
-                    with amp:
-                        latents_l = shared.sampler.sample_latents(
-                            prompt_embeds, shared.negative, shared.resolution, shared.resolution,
-                            config["self_sample_steps"], GUIDANCE_SCALE, generators.sampling)
-                else:  # probe: no generation
-                    latents_l = torch.randn(latents_w.shape, generator=generators.sampling).to(latents_w)
-            with timer.phase("reference_forward"):
-                noisy, target, pair_t = sspo_utils.noisy_pair(noise_scheduler, latents_w, latents_l, noise, timesteps)
-                pair_embeds = torch.cat([prompt_embeds, prompt_embeds])
-                with torch.no_grad(), amp:
-                    ref_w, ref_l = sspo_utils.per_sample_error(unet(noisy, pair_t, pair_embeds).sample, target).chunk(2)
+                    latents_l = vae.encode(shared.pixels_l).latent_dist.sample(generators.noise) * vae.config.scaling_factor
+            noise, timesteps = sspo_utils.draw_noise_and_timesteps(noise_scheduler, latents_w, generators.noise)
+            if config["loss_type"] == "sspo":
+                latents_l = (step_latents_s[i] if config["self_sample_steps"] else  # probe: no generation
+                             torch.randn(latents_w.shape, generator=generators.sampling).to(latents_w))
+        if config["loss_type"] == "sft":
+            with timer.phase("policy_forward_backward"):
+                noisy = noise_scheduler.add_noise(latents_w, noise, timesteps)
+                with amp:
+                    loss = sspo_utils.per_sample_error(unet(noisy, timesteps, prompt_embeds).sample, noise).mean()
+                (loss / micro_batches).backward()
+            continue
+        with timer.phase("reference_forward"):
+            noisy, target, pair_t = sspo_utils.noisy_pair(noise_scheduler, latents_w, latents_l, noise, timesteps)
+            pair_embeds = torch.cat([prompt_embeds, prompt_embeds])
+        with pool.swapped_in(reference_index):  # before the policy forward, as in the trainer
+            with timer.phase("reference_forward"), torch.no_grad(), amp:
+                ref_w, ref_l = sspo_utils.per_sample_error(unet(noisy, pair_t, pair_embeds).sample, target).chunk(2)
         with timer.phase("policy_forward_backward"):
             with amp:
                 model_w, model_l = sspo_utils.per_sample_error(unet(noisy, pair_t, pair_embeds).sample, target).chunk(2)
@@ -668,7 +706,7 @@ def one_step(config, shared, timer, pool, noise_scheduler, generators, optimizer
                 loss, _ = sspo_utils.sspo_loss(model_w, model_l, ref_w, ref_l, 5000.0)
             else:
                 loss, _ = sspo_utils.dpo_loss(model_w, model_l, ref_w, ref_l, 5000.0)
-            loss.backward()
+            (loss / micro_batches).backward()
     with timer.phase("other"):
         torch.nn.utils.clip_grad_norm_(shared.parameters, max_grad_norm)
         optimizer.step()
@@ -686,14 +724,14 @@ def one_video_step(config, shared, timer, pool, noise_scheduler, generators, opt
             prompt_embeds = sspo_utils.encode_prompt_ids(shared.text_encoder, shared.input_ids)
         reference_index = pool.sample("uniform", generators.rcr)
     if config["loss_type"] == "sspo":
-        with pool.swapped_in(reference_index):
+        with sampling_unet(shared, timer, pool, reference_index) as (sampler_unet, sampler_amp):
             with timer.phase("self_sampling" if config["self_sample_steps"] else "other"):
                 if config["self_sample_steps"]:
-                    with amp:
+                    with sampler_amp:
                         latents_s = sspo_utils.self_sample_step(
                             shared.sampler, [prompt_embeds], shared.negative, shared.resolution, shared.resolution,
                             config["self_sample_steps"], GUIDANCE_SCALE, generators.sampling, None,
-                            num_frames=num_frames)[0]
+                            num_frames=num_frames, unet=sampler_unet)[0]
                 else:  # probe: no generation
                     latents_s = torch.randn(shared.sampler.latent_shape(prompt_embeds.shape[0], shared.resolution,
                                                                         shared.resolution, num_frames),
@@ -749,23 +787,29 @@ def bare_unet_seconds(args, shared, config):
     pair_embeds = torch.cat([prompt_embeds, prompt_embeds])
     single_t = pair_t[:batch]
 
+    micro_batches = shared.gradient_accumulation_steps
+    sampling_unet = unet if shared.merged is None else shared.merged.unet
+    sampling_amp = amp if shared.merged is None else nullcontext()
+
     def one_step():
-        if config["loss_type"] == "sft":
-            with amp:
-                out = unet(latents_w, single_t, prompt_embeds).sample
-            out.float().mean().backward()
-            return
-        if config["loss_type"] == "sspo" and config["self_sample_steps"]:
-            cfg_latents = torch.cat([latents_w, latents_w])
-            cfg_embeds = per_frame(torch.cat([shared.negative.expand(batch, -1, -1), text_embeds]))
-            with torch.inference_mode(), amp:
+        if config["loss_type"] == "sspo" and config["self_sample_steps"]:  # one batched call for all micro-batches
+            cfg_latents = torch.cat([latents_w, latents_w] * micro_batches)
+            cfg_embeds = per_frame(torch.cat([shared.negative.expand(batch * micro_batches, -1, -1),
+                                              text_embeds.repeat(micro_batches, 1, 1)]))
+            with torch.inference_mode(), sampling_amp:
                 for _ in range(config["self_sample_steps"]):
-                    unet(cfg_latents, single_t.repeat(2), cfg_embeds)
-        with torch.no_grad(), amp:
-            unet(pair, pair_t, pair_embeds)
-        with amp:
-            out = unet(pair, pair_t, pair_embeds).sample
-        out.float().mean().backward()
+                    sampling_unet(cfg_latents, single_t.repeat(2 * micro_batches), cfg_embeds)
+        for _ in range(micro_batches):
+            if config["loss_type"] == "sft":
+                with amp:
+                    out = unet(latents_w, single_t, prompt_embeds).sample
+                out.float().mean().backward()
+                continue
+            with torch.no_grad(), amp:
+                unet(pair, pair_t, pair_embeds)
+            with amp:
+                out = unet(pair, pair_t, pair_embeds).sample
+            out.float().mean().backward()
 
     one_step()
     sync(device)
@@ -880,27 +924,44 @@ def sampler_vs_stock(args, shared):
             "max_abs_latent_diff": float((latents["stock"] - latents["self_sampling"]).abs().max())}
 
 
+def sampling_micro_batch_embeds(args, shared):
+    """Prompt embeddings of the --sampling_micro_batches micro-batches of the sampling measurements."""
+    micro, size = args.sampling_micro_batches, args.sampling_micro_batch_size
+    captions = [caption for caption, _ in sspo_tiny.synthetic_examples(micro * size, seed=1, size=8)]
+    with autocast(shared.device, shared.dtype):
+        return [sspo_utils.encode_prompt_ids(shared.text_encoder, sspo_utils.tokenize(
+            shared.tokenizer, captions[i * size:(i + 1) * size])) for i in range(micro)]
+
+
+def self_samples(args, shared, embeds, chunk_size, unet=None):
+    """The self-samples of one optimizer step through sspo_utils.self_sample_step: per micro-batch
+    (chunk_size=1 with batch 1) or batched (None). With ``unet`` (the merged copy) no autocast, else
+    the trainers' autocast unless --sampling_without_autocast. Seed 0 every time."""
+    no_autocast = unet is not None or args.sampling_without_autocast
+    with nullcontext() if no_autocast else autocast(shared.device, shared.dtype):
+        return sspo_utils.self_sample_step(shared.sampler, embeds, shared.negative, args.resolution, args.resolution,
+                                           args.self_sample_steps, GUIDANCE_SCALE, torch.Generator().manual_seed(0),
+                                           chunk_size=chunk_size, num_frames=shared.num_frames, unet=unet)
+
+
 def batched_self_sampling(args, shared):
     """Target 6: the self-samples of all micro-batches of one optimizer step generated per
     micro-batch (chunk_size=1) or in one batched call, through sspo_utils.self_sample_step, the
     trainers' own function. Same seeds; reports samples/s, FLOPs, peak memory and the largest
-    latent difference between the two."""
-    device, dtype, unet = shared.device, shared.dtype, shared.unet
+    latent difference between the two. With the merged copy, it samples from the live LoRA merged
+    into the copy, without autocast."""
+    device = shared.device
     micro, size = args.sampling_micro_batches, args.sampling_micro_batch_size
-    captions = [caption for caption, _ in sspo_tiny.synthetic_examples(micro * size, seed=1, size=8)]
-    with autocast(device, dtype):
-        embeds = [sspo_utils.encode_prompt_ids(shared.text_encoder, sspo_utils.tokenize(
-            shared.tokenizer, captions[i * size:(i + 1) * size])) for i in range(micro)]
+    embeds = sampling_micro_batch_embeds(args, shared)
     variants = {"per_micro_batch": size, "batched": args.self_sample_batch_size}
     if "per_micro_batch" in args.skip:  # e.g. when only the batched call's speed-ups are measured
         del variants["per_micro_batch"]
+    unet = shared.unet
+    if shared.merged is not None:
+        unet = shared.merged.merge([p.detach() for p in shared.parameters])
 
     def generate(chunk_size):
-        with nullcontext() if args.sampling_without_autocast else autocast(device, dtype):
-            return sspo_utils.self_sample_step(shared.sampler, embeds, shared.negative, args.resolution,
-                                               args.resolution, args.self_sample_steps, GUIDANCE_SCALE,
-                                               torch.Generator().manual_seed(0), chunk_size=chunk_size,
-                                               num_frames=shared.num_frames)
+        return self_samples(args, shared, embeds, chunk_size, None if shared.merged is None else unet)
 
     if args.sampling_without_lora:
         unet.disable_adapters()  # enabled again below: nothing after this function samples
@@ -932,8 +993,9 @@ def batched_self_sampling(args, shared):
               "steps": args.self_sample_steps,
               "guidance_scale": GUIDANCE_SCALE, "self_sample_batch_size": args.self_sample_batch_size,
               "compile_unet": args.compile_unet, "compile_mode": args.compile_mode if args.compile_unet else None,
-              "without_lora": args.sampling_without_lora, "without_autocast": args.sampling_without_autocast,
-              "flops": flops, "variants": {}}
+              "without_lora": args.sampling_without_lora,
+              "without_autocast": args.sampling_without_autocast or shared.merged is not None,
+              "merged_copy": shared.merged is not None, "flops": flops, "variants": {}}
     for name, chunk_size in variants.items():
         median = statistics.median(seconds[name])
         result["variants"][name] = {
@@ -977,7 +1039,11 @@ def profile_top_kernels(fn, device, path, rows=30):
               if device.type != "cuda" or event.device_type == torch.autograd.DeviceType.CUDA]
     total = sum(getattr(event, key) for event in events) or 1.0
     top = sorted(events, key=lambda event: getattr(event, key), reverse=True)[:10]
+    # casts and layout copies (the first target-7 bottleneck): the operator's self time is its kernels' time
+    copies = [event for event in averages if event.key == "aten::copy_"]
     return {"path": os.path.basename(path), "sorted_by": key, "total_us": total,
+            "aten_copy_share": sum(getattr(event, key) for event in copies) / total,
+            "aten_copy_calls": sum(event.count for event in copies),
             "top": [{"name": event.key, "us": getattr(event, key), "share": getattr(event, key) / total}
                     for event in top]}
 
@@ -1035,6 +1101,10 @@ def summarize(rows, sampler_result, batched, video=False, swap_targets=None):
         else:
             targets["5_swap_share_of_step"] = (
                 slowest["phase_seconds_per_step"]["swap"] / slowest["step_seconds_median"], "max", 0.01)
+        if "dpo" in by_name:  # where users train: batch 4 x accumulation 8, 20 sampling steps
+            targets["8_sspo_over_dpo_step"] = (slowest["step_seconds_median"] / by_name["dpo"]["step_seconds_median"],
+                                               "max", 4.0)
+            scopes["8_sspo_over_dpo_step"] = "GPU, SD1.5 size, batch 4 x accumulation 8, 20 sampling steps"
     if batched:
         if batched["batched_over_per_micro_batch"] is not None:
             targets["6_batched_over_per_micro_batch_sampling"] = (batched["batched_over_per_micro_batch"], "min", 1.5)
@@ -1061,13 +1131,15 @@ def markdown(report):
                  f"{video['motion_adapter']}, {video['num_frames']} frames per video, {report['resolution']} px, "
                  f"batch {report['batch_size']} videos, {trained}")
     else:
-        model = f"{report['model']}, {report['resolution']} px, batch {report['batch_size']}, LoRA rank {report['rank']}"
+        model = (f"{report['model']}, {report['resolution']} px, batch {report['batch_size']} x gradient accumulation "
+                 f"{report.get('gradient_accumulation_steps', 1)}, LoRA rank {report['rank']}")
     unit = "videos/s" if video else "samples/s"
     lines = [f"Machine: {machine['device_name']} ({machine['device']}), {machine['cpu_count']} CPU cores, torch "
              f"{machine['torch']}, {machine['date']}. Model: {model}, {report['steps']} timed steps, "
              f"{s['dtype']}, attention {s['attention_processor']}, gradient checkpointing "
              f"{'on' if s['gradient_checkpointing'] else 'off'}, optimizer {s['optimizer']}"
-             f"{', channels_last' if s['channels_last'] else ''}.", ""]
+             f"{', channels_last' if s['channels_last'] else ''}, self-sampling "
+             f"{'from the merged copy' if s.get('merged_copy') else 'through the LoRA layers'}.", ""]
     skipped = report.get("skipped_configs") or {}
     if report["configs"] or skipped:
         lines += ["| config | step s (median) | min | max | self-sampling | swap | ref fwd | policy fwd+bwd | other | "
@@ -1122,6 +1194,7 @@ def markdown(report):
                   f"{batched['micro_batches']} micro-batches{frames}, {batched['steps']} steps, CFG {GUIDANCE_SCALE}, "
                   f"sspo_utils.self_sample_step{', torch.compile' if batched['compile_unet'] else ''}"
                   f"{', LoRA layers off' if batched['without_lora'] else ''}"
+                  f"{', merged copy' if batched.get('merged_copy') else ''}"
                   f"{', no autocast' if batched['without_autocast'] else ''}; "
                   f"{batched['flops'] / 1e9:.4g} GFLOP per optimizer step):", "",
                   f"| variant | chunk | calls | seconds | {unit} | TFLOP/s | {label} | peak memory MiB |",
@@ -1134,6 +1207,11 @@ def markdown(report):
         if batched["batched_over_per_micro_batch"] is not None:
             lines += ["", f"Batched / per micro-batch: {batched['batched_over_per_micro_batch']:.2f}x; "
                           f"max |latent difference| {batched['max_abs_latent_diff']:.3g}.", ""]
+        profile = batched.get("profile")
+        if profile:
+            lines += [f"Profile of one batched call: aten::copy_ (casts and layout copies) is "
+                      f"{profile['aten_copy_share'] * 100:.1f}% of the {profile['sorted_by']} "
+                      f"({profile['aten_copy_calls']} calls); top operators in {profile['path']}.", ""]
     swaps = report.get("swap_share_per_train_target")
     if swaps:
         first = next(iter(swaps.values()))
@@ -1237,7 +1315,8 @@ def main(args):
                     "xformers": args.enable_xformers_memory_efficient_attention, "channels_last": args.channels_last,
                     "compile_unet": args.compile_unet,
                     "compile_mode": args.compile_mode if args.compile_unet else None, "isolate": args.isolate,
-                    "self_sample_steps": args.self_sample_steps,
+                    "self_sample_steps": args.self_sample_steps, "merged_copy": shared.merged is not None,
+                    "merged_copy_bytes": shared.merged.nbytes if shared.merged is not None else None,
                     "lora_parameters": trainable if lora else None, "trainable_parameters": trainable,
                     "unet_parameters": sum(p.numel() for p in shared.unet.parameters()),
                     "unet_class": type(shared.unet).__name__}
@@ -1255,7 +1334,8 @@ def main(args):
                  "latent_layout": "b c f h w", "samples_are": "videos"}
     report = {
         "machine": sspo_utils.machine_info(device), "task": "video" if args.video else "image", "model": model_name,
-        "resolution": args.resolution, "batch_size": args.batch_size, "rank": args.rank, "steps": args.steps,
+        "resolution": args.resolution, "batch_size": args.batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps, "rank": args.rank, "steps": args.steps,
         "warmup": args.warmup, "smoke": args.smoke, "video": video, "settings": settings, "matmul_peak": peak,
         "configs": rows, "skipped_configs": skipped, "self_sampling_vs_stock": sampler_result,
         "batched_self_sampling": batched, "swap_share_per_train_target": swap_targets,

@@ -5,13 +5,17 @@
 #   the SD1.5 architecture with random weights (bench_sspo.py --random_init_from_config sd15: no download),
 #   512 px, batch 1, bf16, gradient checkpointing, self-sampling with 20 steps;
 #   with AdamW and with bitsandbytes' 8-bit AdamW; with PyTorch SDPA and, when its kernels run on this GPU's
-#   torch, xformers; one AnimateDiff motion-LoRA line (16 frames, 256 px); one SDXL line (train_sspo_sdxl.py itself
-#   via bench_sspo_sdxl.py: the SDXL base architecture with random weights, 1024 px, bf16, LoRA, 8-bit Adam, gradient
-#   checkpointing, an SSPO step with 20 self-sampling steps; goal: 24 GiB); then the batched self-sampling with
-#   channels_last, without the LoRA layers or autocast, with torch.compile and CUDA graphs, while time is left.
-# Measured on an H200 (2026-11-29): the first three variants take about 350 s, each sampling variant 110-200+ s.
-# With 15 minutes of device time, run it in two calls: the default (--budget_s 420), then --variants for the
-# sampling ones that the budget skipped.
+#   torch, xformers; the real-scale configuration (batch 4 x gradient accumulation 8: the SSPO / DPO step ratio);
+#   one AnimateDiff motion-LoRA line (16 frames, 256 px); one SDXL line (train_sspo_sdxl.py itself via
+#   bench_sspo_sdxl.py: the SDXL base architecture with random weights, 1024 px, bf16, LoRA, 8-bit Adam, gradient
+#   checkpointing, an SSPO step with 20 self-sampling steps; goal: 24 GiB); then the batched self-sampling from the
+#   merged bf16 copy (the trainers' GPU default), alone and with torch.compile (default mode and reduce-overhead, i.e.
+#   CUDA graphs), each profiled (samples/s, MFU, aten::copy_ share), then the older LoRA-layer variants, while time is
+#   left. Self-sampling in the training configurations follows the trainers' --self_sample_merged_copy auto (on here).
+# Measured on an H200 (2026-11-29): adamw_sdpa about 215 s, each sampling variant 110-200+ s. With 15 minutes of
+# device time, run it in two calls of at most 7 minutes:
+#   --budget_s 400 --variants adamw_sdpa realscale_4x8
+#   --budget_s 400 --variants sampling_merged sampling_merged_compile sampling_merged_cudagraphs sdxl_sspo
 # Reports step time, phase split and peak VRAM per variant, and whether an SSPO step fits in 12 GiB with 8-bit
 # Adam and checkpointing (peak reserved by PyTorch's allocator; the CUDA context adds a few hundred MiB).
 #
@@ -144,6 +148,18 @@ run_variant() {  # name, required (1/0), seconds it needs at least, [--sdxl], be
 }
 
 run_variant adamw_sdpa 1 220 --configs sft dpo sspo_probe sspo_10 sspo_20 --profile_self_sampling
+# where users train: batch 4 x accumulation 8, 20 sampling steps (target 8: an SSPO step within 4x a DPO step)
+if [[ $DEVICE == cuda ]]; then REAL_SCALE=(--batch_size 4 --gradient_accumulation_steps 8 --steps 3 --warmup 1)
+else REAL_SCALE=(--batch_size 2 --gradient_accumulation_steps 2); fi
+run_variant realscale_4x8 1 180 "${REAL_SCALE[@]}" --configs dpo sspo_20 --skip stock batched
+# target 7's fixes as built: the merged bf16 copy without autocast, then torch.compile of the copy
+SAMPLING=(--configs --skip stock per_micro_batch --profile_self_sampling)
+run_variant sampling_merged 1 110 --self_sample_merged_copy on "${SAMPLING[@]}"
+if [[ $DEVICE == cuda ]]; then
+  run_variant sampling_merged_compile 0 200 --self_sample_merged_copy on --compile_unet "${SAMPLING[@]}"
+  run_variant sampling_merged_cudagraphs 0 200 --self_sample_merged_copy on --compile_unet \
+    --compile_mode reduce-overhead "${SAMPLING[@]}"
+fi
 run_variant adam8bit_sdpa 1 60 --use_8bit_adam --configs dpo sspo_20 --skip stock batched
 # AnimateDiff: the SD1.5 UNet + the v1-5-2 MotionAdapter architecture, a motion-LoRA SSPO step on 16 frames at 256 px
 if [[ $DEVICE == cuda ]]; then VIDEO_SHAPE=(--resolution 256 --num_frames 16); else VIDEO_SHAPE=(--num_frames 4); fi
@@ -158,15 +174,14 @@ if ((XFORMERS)); then
   run_variant adamw_xformers 0 80 --enable_xformers_memory_efficient_attention --configs sspo_20 --skip stock batched
 fi
 if [[ $DEVICE == cuda ]]; then  # target 7: can the sampler get closer to the matmul peak?
-  # batched call only, profiled: what each change does to the kernels
-  SAMPLING=(--configs --skip stock per_micro_batch --profile_self_sampling)
-  run_variant sampling_channels_last 0 110 --channels_last "${SAMPLING[@]}"
-  # target 7's first fixes, measured before they are built: no LoRA layers (a merged snapshot), then no autocast
+  # the LoRA-layer sampler (--self_sample_merged_copy off), batched call only, profiled
+  LORA_SAMPLING=(--self_sample_merged_copy off "${SAMPLING[@]}")
+  run_variant sampling_channels_last 0 110 --channels_last "${LORA_SAMPLING[@]}"
   run_variant sampling_without_lora 0 110 --sampling_without_lora "${SAMPLING[@]}"
   run_variant sampling_without_lora_autocast 0 110 --sampling_without_lora --sampling_without_autocast "${SAMPLING[@]}"
-  run_variant sampling_compile 0 200 --channels_last --compile_unet "${SAMPLING[@]}"
+  run_variant sampling_compile 0 200 --channels_last --compile_unet "${LORA_SAMPLING[@]}"
   run_variant sampling_compile_cudagraphs 0 200 --channels_last --compile_unet --compile_mode reduce-overhead \
-    "${SAMPLING[@]}"
+    "${LORA_SAMPLING[@]}"
 fi
 
 # 4. Summary of all variants: gpu_smoke_summary.md / .json in --output_dir (and --summary_dir).
@@ -199,6 +214,7 @@ if not variants:  # only the SDXL line ran
     lines = lines[:1] + ["", f"{elapsed} s of a {budget} s budget."]
 for v in variants:
     shape = f"{v['resolution']} px" + (f" x {v['video']['num_frames']} frames" if v.get("video") else "")
+    shape += f", batch {v['batch_size']} x {v.get('gradient_accumulation_steps', 1)}"
     for row in v["configs"]:
         p = row["phase_seconds_per_step"]
         memory = f"{row['peak_memory_bytes'] / GIB:.2f}"
@@ -207,21 +223,30 @@ for v in variants:
         lines.append(f"| {v['variant']} | {shape} | {row['config']} | {row['self_sample_steps']} | {row['step_seconds_median']:.3f} | "
                      + " | ".join(f"{p[k]:.3f}" for k in ("self_sampling", "swap", "reference_forward",
                                                           "policy_forward_backward", "other")) + f" | {memory} |")
+ratios = [(v["variant"], v["batch_size"], v.get("gradient_accumulation_steps", 1), v["targets"]["8_sspo_over_dpo_step"]["measured"])
+          for v in variants if "8_sspo_over_dpo_step" in v["targets"]]
+if ratios:
+    lines += ["", "SSPO (20 sampling steps) / DPO step time (goal at batch 4 x 8: <= 4):", ""]
+    lines += [f"- {name}, batch {b} x accumulation {a}: {r:.2f}" for name, b, a, r in ratios]
 label = "CPU MFU" if cpu else "MFU"
 sampling = [v for v in variants if v.get("batched_self_sampling")]
 if sampling:
     lines += ["", f"Self-sampling, batch 1 x 8 micro-batches ({label} against the {first['matmul_peak']['dtype']} "
               "matmul peak measured in each run):", "",
               f"| variant | steps | per micro-batch samples/s | batched samples/s | batched / per micro-batch | batched TFLOP/s | "
-              f"batched {label} | matmul peak TFLOP/s | max latent diff |", "|" + " --- |" * 9]
+              f"batched {label} | matmul peak TFLOP/s | max latent diff | sampler | aten::copy_ share |", "|" + " --- |" * 11]
     for v in sampling:
         b = v["batched_self_sampling"]
         per, bat = b["variants"].get("per_micro_batch"), b["variants"]["batched"]
         per_rate = "-" if per is None else f"{per['samples_per_second']:.2f}"
         ratio = "-" if per is None else f"{b['batched_over_per_micro_batch']:.2f}"
         diff = "-" if per is None else f"{b['max_abs_latent_diff']:.3g}"
+        sampler = ("merged copy" if b.get("merged_copy") else "LoRA layers" + (" off" if b["without_lora"] else "")) + (
+            ", no autocast" if b["without_autocast"] else "") + (f", compile {b['compile_mode']}" if b["compile_unet"] else "")
+        copies = f"{b['profile']['aten_copy_share'] * 100:.1f}%" if b.get("profile") else "-"
         lines.append(f"| {v['variant']} | {b['steps']} | {per_rate} | {bat['samples_per_second']:.2f} | {ratio} | "
-                     f"{bat['tflops']:.3g} | {bat['mfu'] * 100:.1f}% | {v['matmul_peak']['tflops']:.3g} | {diff} |")
+                     f"{bat['tflops']:.3g} | {bat['mfu'] * 100:.1f}% | {v['matmul_peak']['tflops']:.3g} | {diff} | "
+                     f"{sampler} | {copies} |")
     for v in sampling:
         profile = v["batched_self_sampling"].get("profile")
         if profile:
@@ -253,7 +278,8 @@ if notes:
 text = "\n".join(lines) + "\n"
 open(os.path.join(out_dir, "gpu_smoke_summary.md"), "w").write(text)
 json.dump({"budget_s": budget, "elapsed_s": elapsed, "xformers": xformers, "notes": notes,
-           "variants": [{k: v[k] for k in ("variant", "machine", "model", "resolution", "batch_size", "settings", "video",
+           "variants": [{k: v.get(k) for k in ("variant", "machine", "model", "resolution", "batch_size",
+                                               "gradient_accumulation_steps", "settings", "video",
                                            "matmul_peak", "configs", "batched_self_sampling", "targets")} for v in variants],
            "sdxl": sdxl},
           open(os.path.join(out_dir, "gpu_smoke_summary.json"), "w"), indent=2)

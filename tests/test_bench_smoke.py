@@ -266,7 +266,7 @@ def test_gpu_smoke_script_on_cpu(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((summary_dir / "gpu_smoke_summary.json").read_text())
     variants = {v["variant"]: v for v in summary["variants"]}
-    assert {"adamw_sdpa", "adam8bit_sdpa", "animatediff_motion_lora"} <= set(variants)
+    assert {"adamw_sdpa", "realscale_4x8", "sampling_merged", "adam8bit_sdpa", "animatediff_motion_lora"} <= set(variants)
     assert variants["adam8bit_sdpa"]["settings"]["optimizer"] == "AdamW8bit"
     assert all(v["settings"]["gradient_checkpointing"] for v in variants.values())
     sspo = next(row for row in variants["adam8bit_sdpa"]["configs"] if row["config"] == "sspo_20")
@@ -278,10 +278,55 @@ def test_gpu_smoke_script_on_cpu(tmp_path):
     profile = variants["adamw_sdpa"]["batched_self_sampling"]["profile"]
     assert profile["top"] and 0 < sum(k["share"] for k in profile["top"]) <= 1 + 1e-6
     assert (tmp_path / "out" / "adamw_sdpa" / "profile_self_sampling.txt").read_text().count("aten::") >= 5
+    real_scale = variants["realscale_4x8"]
+    assert (real_scale["batch_size"], real_scale["gradient_accumulation_steps"]) == (2, 2)  # 4 x 8 on the GPU
+    assert "8_sspo_over_dpo_step" in real_scale["targets"]
+    merged = variants["sampling_merged"]["batched_self_sampling"]
+    assert merged["merged_copy"] and merged["without_autocast"] and 0 <= merged["profile"]["aten_copy_share"] <= 1
     text = (summary_dir / "gpu_smoke_summary.md").read_text()
-    assert "| adam8bit_sdpa | 64 px | sspo_20 |" in text and "sd15_reduced" in text
-    assert "| animatediff_motion_lora | 64 px x 4 frames | sspo_20 |" in text and "Top kernels" in text
+    assert "| adam8bit_sdpa | 64 px, batch 1 x 1 | sspo_20 |" in text and "sd15_reduced" in text
+    assert "| animatediff_motion_lora | 64 px x 4 frames, batch 1 x 1 | sspo_20 |" in text and "Top kernels" in text
+    assert "| realscale_4x8 | 64 px, batch 2 x 2 | sspo_20 |" in text and "SSPO (20 sampling steps) / DPO" in text
+    assert "| sampling_merged | 2 |" in text and "| merged copy, no autocast |" in text
     assert "xformers" in result.stdout  # says whether xformers was used or why not
     sdxl = summary["sdxl"][0]  # train_sspo_sdxl.py's own step on the tiny SDXL architecture
     assert sdxl["use_8bit_adam"] and sdxl["gradient_checkpointing"] and len(sdxl["step_seconds"]) == 3
     assert sdxl["peak_rss_bytes"] > 0 and "SDXL (train_sspo_sdxl.py): tiny SDXL architecture" in text
+
+
+@pytest.mark.slow  # about 45 s of CPU: two configurations of the reduced SD1.5 architecture
+def test_accumulation_and_merged_copy_follow_the_trainer(tmp_path):
+    """--gradient_accumulation_steps 2 with --self_sample_merged_copy on: the self-samples of both micro-batches
+    come from one merge of the drawn snapshot (timed as the swap it replaces), each micro-batch swaps once for its
+    reference pass, samples/s counts both micro-batches, and the SSPO / DPO ratio is reported."""
+    bench = bench_module()
+    args = bench.parse_args(["--device", "cpu", "--random_init_from_config", "sd15_reduced", "--smoke", "--batch_size",
+                             "1", "--gradient_accumulation_steps", "2", "--self_sample_merged_copy", "on",
+                             "--configs", "dpo", "sspo_10", "--output_dir", str(tmp_path)])
+    args.resolution = 64  # main() sets it from the model
+    shared = bench.load_shared(args)
+    shared.resolution = args.resolution
+    assert shared.merged is not None and shared.merged.dtype == torch.float32
+    calls = []
+    real = bench.sspo_utils.self_sample_step
+
+    def recording(self_sampler, prompt_embeds, *rest, unet=None, **kwargs):
+        calls.append((len(prompt_embeds), unet is shared.merged.unet, torch.is_autocast_enabled("cpu")))
+        return real(self_sampler, prompt_embeds, *rest, unet=unet, **kwargs)
+
+    bench.sspo_utils.self_sample_step = recording
+    try:
+        dpo, sspo = (bench.run_config(args, name, shared) for name in ("dpo", "sspo_10"))
+    finally:
+        bench.sspo_utils.self_sample_step = real
+    assert calls and all(call == (2, True, False) for call in calls)  # both micro-batches, one call, no autocast
+    assert dpo["swaps_per_step"] == sspo["swaps_per_step"] == 2  # the reference passes only
+    assert sspo["phase_seconds_per_step"]["self_sampling"] > 0
+    assert sspo["samples_per_second"] == pytest.approx(2 / sspo["step_seconds_median"])
+    targets = bench.summarize([dpo, sspo], None, None)
+    assert targets["8_sspo_over_dpo_step"]["measured"] == pytest.approx(
+        sspo["step_seconds_median"] / dpo["step_seconds_median"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--video", "--gradient_accumulation_steps", "2"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--sampling_without_lora", "--self_sample_merged_copy", "on"])

@@ -126,3 +126,13 @@ def test_nonfinite_steps_are_skipped_then_the_run_stops_with_a_checkpoint(tiny_m
     at_stop = load_file(stopped / "checkpoint-5" / "pytorch_lora_weights.safetensors")
     assert all(torch.equal(after_step_2[k], at_stop[k]) for k in after_step_2)
     assert all(torch.isfinite(t).all() for t in at_stop.values())
+
+
+@pytest.mark.slow
+def test_sd15_resume_is_exact_with_the_merged_copy_sampler(tiny_model_dir, tiny_imagefolder_dir, tmp_path):
+    """--self_sample_merged_copy on (the default on a GPU): the copy is rebuilt and merged again after the resume."""
+    common = ["--pretrained_model_name_or_path", tiny_model_dir, "--train_data_dir", tiny_imagefolder_dir,
+              "--resolution", "64", "--train_batch_size", "2", "--gradient_accumulation_steps", "2",
+              "--snapshot_steps", "1", "--checkpointing_steps", "3", "--self_sample_steps", "2", "--learning_rate", "1e-3",
+              "--lr_scheduler", "constant", "--seed", "0", "--self_sample_merged_copy", "on"]
+    resume_check(tmp_path, "train_sspo_sd15.py", common)
