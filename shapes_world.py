@@ -1342,7 +1342,7 @@ def parse_args(input_args=None):
         command.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(input_args)
     if args.command == "pretrain_sdxl":
-        check_sdxl_pretraining_args(parser, args)
+        check_sdxl_pretraining_args(args)
     check_args(args)
     return args
 
@@ -1426,26 +1426,26 @@ def _check_prompt_file(path: str, video: bool):
                              "against another caption of the file).")
 
 
-def check_sdxl_pretraining_args(parser, args):
-    """Bad ``pretrain_sdxl`` flags stop before anything is written (argparse: one error line, exit 2)."""
+def check_sdxl_pretraining_args(args):
+    """Bad ``pretrain_sdxl`` flags stop before anything is written (one 'error:' line, exit status 2)."""
     for name in ("unet_steps", "num_renders", "batch_size", "threads"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+            raise SSPOInputError(f"--{name} must be at least 1, got {getattr(args, name)}")
     if not args.unet_lr > 0:
-        parser.error(f"--unet_lr must be positive, got {args.unet_lr}")
+        raise SSPOInputError(f"--unet_lr must be positive, got {args.unet_lr}")
     if not 0 <= args.ema_decay < 1:
-        parser.error(f"--ema_decay must be in [0, 1), got {args.ema_decay}")
+        raise SSPOInputError(f"--ema_decay must be in [0, 1), got {args.ema_decay}")
     for name in ("mismatch_rate", "damage_rate"):
         if not 0 <= getattr(args, name) <= 1:
-            parser.error(f"--{name} must be in [0, 1], got {getattr(args, name)}")
+            raise SSPOInputError(f"--{name} must be in [0, 1], got {getattr(args, name)}")
     if not os.path.isfile(os.path.join(args.vae_model, "vae", "config.json")):
-        parser.error(f"--vae_model {args.vae_model} has no vae/config.json (give a model folder such as "
+        raise SSPOInputError(f"--vae_model {args.vae_model} has no vae/config.json (give a model folder such as "
                      "models/shapes-sd15)")
     if args.init_model is not None and not os.path.isfile(os.path.join(args.init_model, "unet", "config.json")):
-        parser.error(f"--init_model {args.init_model} has no unet/config.json (give a model folder such as "
+        raise SSPOInputError(f"--init_model {args.init_model} has no unet/config.json (give a model folder such as "
                      "models/shapes-sd15)")
     if os.path.isfile(os.path.join(args.output_dir, "model_index.json")):
-        parser.error(f"--output_dir {args.output_dir} already holds a model; choose a new folder")
+        raise SSPOInputError(f"--output_dir {args.output_dir} already holds a model; choose a new folder")
 
 
 def main(args):

@@ -33,10 +33,9 @@ from sspo_utils import (
     NonFiniteGuard, ReferencePool, SSPOInputError, SSPOSDXLSelfSamplingPipeline, SSPO_CARD_SETTINGS,
     accumulate_micro_batch, add_image_data_arguments, add_shared_arguments, apply_optimizer_step, begin_training,
     build_image_dataloader, check_image_data_args, check_pretrained_model, create_accelerator, create_hub_repo,
-    create_optimizer, decode_image, dpo_loss, draw_noise_and_timesteps, draw_reference, drop_captions,
-    generate_validation_images, log_optimizer_step,
-    micro_batch_metrics, noisy_pair, optimizer_step_batches, pair_columns, per_sample_error, prepare_for_training,
-    run_with_clear_errors, save_lora_atomically, save_model_card, self_sample_scheduler, self_sample_step,
+    create_merged_copy, create_optimizer, decode_image, dpo_loss, draw_noise_and_timesteps, draw_reference, drop_captions,
+    generate_validation_images, log_optimizer_step, micro_batch_metrics, noisy_pair, optimizer_step_batches, pair_columns,
+    per_sample_error, prepare_for_training, rcr_sampling_unet, run_with_clear_errors, save_lora_atomically, save_model_card, self_sample_scheduler, self_sample_step,
     snapshot_and_checkpoint, sspo_loss, start_epoch, tokenize, training_target, upload_output_dir, weight_dtype_of,
 )
 
@@ -239,6 +238,9 @@ def main(args):
                       tokenizer_2=tokenizers[1])
     self_sampler = SSPOSDXLSelfSamplingPipeline.from_training_components(
         unet=unet, scheduler=self_sample_scheduler(args, noise_scheduler), **components)
+    # Built before accelerator.prepare, which wraps the trained UNet's forward in autocast.
+    merged_copy = (create_merged_copy(args.self_sample_merged_copy, unet, reference_pool.names, weight_dtype)
+                   if args.loss_type == "sspo" else None)
     negative_prompt_embeds, negative_pooled_embeds = unconditional_embeds(text_encoders, tokenizers, force_zeros)
 
     optimizer = create_optimizer(args, lora_parameters, accelerator.num_processes)
@@ -261,11 +263,11 @@ def main(args):
             step_conditions = [encode_prompt(text_encoders, (batch["input_ids"], batch["input_ids_2"])) for batch in step_batches]
             step_time_ids = [batch["add_time_ids"].to(accelerator.device, dtype=weight_dtype) for batch in step_batches]
             if args.loss_type == "sspo":  # x^s for the whole step from the drawn checkpoint, under x^w's own conditioning
-                with reference_pool.swapped_in(reference_index):
+                with rcr_sampling_unet(reference_pool, reference_index, self_sampler.unet, merged_copy) as sampling_unet:
                     step_latents_s = self_sample_step(
                         self_sampler, [embeds for embeds, _ in step_conditions], negative_prompt_embeds,
                         args.resolution, args.resolution, args.self_sample_steps, args.self_sample_guidance_scale,
-                        generators.sampling, args.self_sample_batch_size,
+                        generators.sampling, args.self_sample_batch_size, unet=sampling_unet,
                         pooled_prompt_embeds=[pooled for _, pooled in step_conditions],
                         negative_pooled_prompt_embeds=negative_pooled_embeds, add_time_ids=step_time_ids)
             step_metrics = []

@@ -381,6 +381,8 @@ SHAPES_CASES = [
                ("--motion_adapter", "no such folder"), r"pass a MotionAdapter folder"),
     ShapesCase("prompts-zero", ("prompts", "--num_prompts", "0", "--output_dir", "data"),
                ("--num_prompts 0",), r"at least 1"),
+    ShapesCase("pretrain-sdxl-zero-unet-steps", ("pretrain_sdxl", "--unet_steps", "0", "--output_dir", "model"),
+               ("--unet_steps",), r"at least 1"),
 ]
 
 
