@@ -8,7 +8,7 @@ replaced by a sample x^s that a past checkpoint generates for the same caption:
 * RCR (Random Checkpoint Replay): once per optimizer step a checkpoint is drawn
   uniformly from the reference pool (the initial model included). It is the reference
   model of the DPO loss and the generator of x^s.
-* SSR (Selective Self-Rejection): per sample, if the reference denoises the noised
+* SSR (Self-Sampling Regularization): per sample, if the reference denoises the noised
   winner x_t^w better than the policy, its sample is probably a winner too, so the
   sample's DPO term is dropped (DPO becomes SFT).
 
