@@ -314,7 +314,9 @@ def test_saved_lora_loads_in_stock_sdxl_pipeline_and_changes_output(sspo_run, sd
 
 
 def test_resume_is_exact(sspo_run, sdxl_model_dir, odd_size_imagefolder, tmp_path):
-    """Stopped after step 3 (mid-epoch), resumed to step 4: the same LoRA, bit for bit, and the same logged loss."""
+    """Stopped after step 3 (mid-epoch), resumed to step 4: the same LoRA, bit for bit, and the same logged loss.
+    Both runs go through accelerate launch, which runs a CPU process at one thread: a plain `python` resume used
+    both cores, and its float reductions, hence its weights, differed in the last bits."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     straight, _ = sspo_run
@@ -322,7 +324,7 @@ def test_resume_is_exact(sspo_run, sdxl_model_dir, odd_size_imagefolder, tmp_pat
     resumed.mkdir()
     shutil.copytree(straight / "checkpoint-3", resumed / "checkpoint-3")
     result = run_script(sspo_args(sdxl_model_dir, odd_size_imagefolder, resumed, "--max_train_steps", "4",
-                                  "--resume_from_checkpoint", "latest"))
+                                  "--resume_from_checkpoint", "latest"), launcher="accelerate")
     assert_ok(result)
     assert "Resuming from" in result.stdout + result.stderr
     lora_straight = load_file(straight / "pytorch_lora_weights.safetensors")
