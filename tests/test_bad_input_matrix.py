@@ -445,6 +445,7 @@ def shapes_runs(request, shapes_resources, tmp_path_factory):
     return runs
 
 
+@pytest.mark.slow  # 11 command-line starts, about 90 s; the in-process flag cases below stay in the default suite
 @pytest.mark.parametrize("shapes_case", SHAPES_CASES, ids=str)
 def test_shapes_world_bad_input_fails_with_one_clear_line_and_writes_nothing(shapes_case, shapes_runs):
     result, seconds, cwd = shapes_runs[shapes_case.id]
