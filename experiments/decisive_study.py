@@ -186,6 +186,10 @@ def score(args, regime: str, runs: List[Run]):
 
     rargs = regime_args(args, regime)
     r = regimes(args)[regime]
+    # evaluate_sspo.py writes scores.jsonl for the models of each call only, so every call names every scored
+    # run of the regime too (their images are on disk and are not drawn again).
+    scored = [run for rg, run in plan(args) if rg == regime and os.path.isfile(scored_marker(args, regime, run))]
+    runs = list({run.name: run for run in scored + list(runs)}.values())
     curve, final = {}, {}
     for run in runs:
         out = run_dir(rargs, run)
