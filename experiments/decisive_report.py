@@ -97,30 +97,9 @@ def training_cpu_seconds(out, regime, runs: List[Run], steps: int) -> List[float
 
 
 def plot(path, title, series: Dict[str, Dict[int, Dict]], ylabel):
-    try:
-        import matplotlib
-    except ImportError:  # the report's numbers do not need it
-        print(f"matplotlib not installed: {os.path.basename(path)} not drawn", flush=True)
-        return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from experiments.study_report import plot_curves
 
-    figure, axis = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    for label, points in series.items():
-        steps = sorted(points)
-        axis.plot(steps, [points[s]["value"] for s in steps], marker="o", label=label)
-        axis.fill_between(steps, [points[s]["ci_low"] for s in steps], [points[s]["ci_high"] for s in steps], alpha=0.15)
-    axis.set_xscale("symlog", linthresh=50)
-    axis.axhline(0, color="grey", linewidth=0.8)
-    axis.set_xlabel("optimizer step")
-    axis.set_ylabel(ylabel)
-    axis.set_title(title)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return True
+    plot_curves(path, title, "optimizer step", series, ylabel=ylabel, symlog_below=50, zero_line=True)
 
 
 def regime_report(args, out: str, regime: str, spec: Dict, runs: List[Run], results: Dict) -> List[str]:
@@ -227,9 +206,9 @@ def regime_report(args, out: str, regime: str, spec: Dict, runs: List[Run], resu
                table(pair_curve, ["pair"] + [str(s) for s in spec["score_steps"]]), ""]
     for split in curves:
         name = f"{regime}_gain_vs_step_{split}.png"
-        if plot(os.path.join(out, name), f"{regime} regime: gain over the base, {split} captions",
-                {LABELS[m]: c for m, c in curves[split].items()}, "reward − base reward (paired)"):
-            md += [f"![{name}]({name})", ""]
+        plot(os.path.join(out, name), f"{regime} regime: gain over the base, {split} captions",
+             {LABELS[m]: c for m, c in curves[split].items()}, "reward − base reward (paired)")
+        md += [f"![{name}]({name})", ""]
     md += training_logs(out, regime, methods, ordered, res)
     md += beta_check(args, out, regime, scores, runs, steps, res)
     res["_matrices"] = {"final_heldout": final["heldout"]}

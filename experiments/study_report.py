@@ -74,7 +74,10 @@ def fmt(stat: Dict, digits=3) -> str:
     return f"{stat['value']:.{digits}f} [{stat['ci_low']:.{digits}f}, {stat['ci_high']:.{digits}f}]"
 
 
-def plot_curves(path, title, xlabel, series: Dict[str, Dict], x_of=None, ylabel="ground-truth reward"):
+def plot_curves(path, title, xlabel, series: Dict[str, Dict], x_of=None, ylabel="ground-truth reward",
+                symlog_below=None, zero_line=False):
+    """Each series' points with their CI band; ``symlog_below``: a log x axis, linear below that value
+    (log-spaced checkpoints with step 0); ``zero_line``: a line at y = 0 (no gain)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,6 +89,10 @@ def plot_curves(path, title, xlabel, series: Dict[str, Dict], x_of=None, ylabel=
         xs = [x_of[label].get(s, 0.0) if x_of else s for s in steps]
         axis.plot(xs, [points[s]["value"] for s in steps], marker="o", label=label)
         axis.fill_between(xs, [points[s]["ci_low"] for s in steps], [points[s]["ci_high"] for s in steps], alpha=0.15)
+    if symlog_below:
+        axis.set_xscale("symlog", linthresh=symlog_below)
+    if zero_line:
+        axis.axhline(0, color="grey", linewidth=0.8)
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
     axis.set_title(title)
