@@ -11,7 +11,7 @@ checkpoints that are not scored, and resumes after any stop. The plan and its de
     python experiments/decisive_study.py --prepare_data          # once: the small regime's winners
     nohup python experiments/decisive_study.py > decisive.log 2>&1 &
     python experiments/decisive_study.py --report_only           # rebuild the report from what landed
-    python experiments/decisive_study.py --choose_switch         # rule C, once SSPO seeds 0-1 of the small regime landed
+    python experiments/decisive_study.py --choose_switch         # rule C, once SSPO seed 1 of the small regime landed
     python experiments/decisive_study.py --quick --output_dir /tmp/q   # every phase, a few steps (CI)
 """
 
@@ -72,13 +72,16 @@ def parse_args(input_args=None):
     parser.add_argument("--prepare_data", action="store_true", help="Write the small regime's data and caption files.")
     parser.add_argument("--choose_switch", action="store_true",
                         help="Rule C: score the candidate switches offline on the small regime's SSPO seeds 0 and 1.")
-    parser.add_argument("--ssr_winners", type=int, default=48, help="Training winners per checkpoint in rule C.")
+    parser.add_argument("--ssr_winners", type=int, default=64, help="Training winners per checkpoint in rule C.")
+    parser.add_argument("--switch_seeds", type=int, nargs="+", default=[1],
+                        help="SSPO seeds (small regime) whose checkpoints rule C reads (PLAN.md, second addendum).")
     parser.add_argument("--quick", action="store_true", help="Every phase for a few steps; its numbers mean nothing.")
     parser.add_argument("--dry_run", action="store_true")
     parser.add_argument("--report_only", action="store_true")
     args = parser.parse_args(input_args)
     if args.quick:
         args.seeds = args.ablation_seeds = 1
+        args.switch_seeds = [0]
         args.train_batch_size, args.checkpointing_steps, args.snapshot_steps, args.self_sample_steps = 2, 2, 2, 2
         args.eval_steps, args.curve_images, args.final_images, args.num_prompts, args.ssr_winners = 2, 1, 2, 2, 2
     return args
@@ -275,7 +278,7 @@ def main(args):
     if args.choose_switch:
         from experiments.ssr_agreement import measure_ssr_agreement
 
-        runs = [make_run("sspo", seed, args.beta, "small_main") for seed in range(min(2, args.seeds))]
+        runs = [make_run("sspo", seed, args.beta, "small_main") for seed in args.switch_seeds]
         measure_ssr_agreement(regime_args(args, "small"), runs, os.path.join(args.output_dir, "ssr_candidates.json"),
                               args.ssr_winners)
     from experiments.decisive_report import write_report
