@@ -46,7 +46,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 logger = logging.getLogger(__name__)
 
-SSR_MODES = ("sft", "flip", "off")
+SSR_MODES = ("sft", "flip", "off", "self_sample")
 REFERENCE_STRATEGIES = ("uniform", "latest", "initial")
 
 
@@ -103,6 +103,9 @@ def sspo_loss(
         winner, so the reference's sample is a loser: DPO), else I = 0 (SFT on x^w only).
       * ``ssr="flip"`` (SePPO v1): I = +1 or −1; a better reference makes x^s a second winner.
       * ``ssr="off"``: I = 1 always (plain DPO against the self-sample).
+      * ``ssr="self_sample"`` (this project's switch, chosen offline by the decisive study's rule C):
+        I = 0 (SFT) if the policy denoises the self-sample better than the reference does
+        (e_θ^s < e_ref^s: x^s lies where the policy has already moved), else I = 1. No extra UNet pass.
 
     Returns ``(loss, info)``; ``info`` holds per-sample ``ssr_indicator``, ``implicit_acc``
     (share of samples whose model_diff < ref_diff), ``reward_margin`` and ``ssr_sft_fraction``,
@@ -116,6 +119,8 @@ def sspo_loss(
             indicator = policy_not_worse
         elif ssr == "flip":
             indicator = 2.0 * policy_not_worse - 1.0
+        elif ssr == "self_sample":
+            indicator = (model_err_s >= ref_err_s).to(model_err_w.dtype)
         else:
             indicator = torch.ones_like(model_err_w)
     losses, logits, model_diff, ref_diff = _dpo_terms(
@@ -1303,7 +1308,9 @@ def add_shared_arguments(parser, loss_types: Sequence[str], default_output_dir: 
                        help="β of the DPO/SSPO loss; the loss uses β/2 as in Diffusion-DPO's code (5000 for SD1.5).")
     group.add_argument("--ssr", choices=SSR_MODES, default="sft",
                        help="SSR: sft (SSPO) drops a sample's DPO term when the reference beats the policy on x^w; "
-                            "flip (SePPO v1) then counts the self-sample as a second winner; off never switches.")
+                            "flip (SePPO v1) then counts the self-sample as a second winner; off never switches; "
+                            "self_sample drops it when the policy denoises the self-sample better than the reference "
+                            "(this project's switch, an option: see the README's study).")
     group.add_argument("--reference_strategy", choices=REFERENCE_STRATEGIES, default="uniform",
                        help="uniform: RCR, a uniform draw over the pool; latest: newest snapshot (SPIN-Diffusion-like); "
                             "initial: always the base model.")

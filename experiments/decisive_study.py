@@ -189,10 +189,6 @@ def score(args, regime: str, runs: List[Run]):
 
     rargs = regime_args(args, regime)
     r = regimes(args)[regime]
-    # evaluate_sspo.py writes scores.jsonl for the models of each call only, so every call names every scored
-    # run of the regime too (their images are on disk and are not drawn again).
-    scored = [run for rg, run in plan(args) if rg == regime and os.path.isfile(scored_marker(args, regime, run))]
-    runs = list({run.name: run for run in scored + list(runs)}.values())
     curve, final = {}, {}
     for run in runs:
         out = run_dir(rargs, run)
@@ -203,7 +199,38 @@ def score(args, regime: str, runs: List[Run]):
         for kind, versions, images in (("curve", curve, args.curve_images), ("final", final, args.final_images)):
             name = f"{kind}-{split}"
             with EVAL_LOCKS.setdefault((regime, name), threading.Lock()):
+                scores_path = os.path.join(rargs.output_dir, "eval", name, "scores.jsonl")
+                earlier = read_jsonl(scores_path)
                 evaluate(rargs, runs, split, prompts=prompts, images=images, name=name, versions=versions)
+                keep_earlier_scores(scores_path, earlier)
+
+
+def read_jsonl(path: str) -> List[Dict]:
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def keep_earlier_scores(scores_path: str, earlier: List[Dict]):
+    """evaluate_sspo.py writes scores.jsonl for the models of its call only; put back the rows of the models
+    scored by earlier calls (their LoRAs may be pruned or lost by now, their scores are not). The base is
+    drawn again with the same seeds in every call, so its new scores must equal the recorded ones."""
+    rows = read_jsonl(scores_path)
+    key = lambda row: (row["model"], row["prompt_index"], row["image_index"])  # noqa: E731
+    new = {key(row): row for row in rows}
+    for row in earlier:
+        if row["model"] == "base" and key(row) in new:
+            drift = max(abs(new[key(row)]["scores"][m] - v) for m, v in row["scores"].items())
+            if drift > 1e-4:
+                raise RuntimeError(f"{scores_path}: the base scored {drift:.2e} away from its earlier score "
+                                   f"on {key(row)}; the evaluation is not reproducible, so scores cannot be merged")
+    called = {row["model"] for row in rows}
+    merged = [row for row in earlier if row["model"] not in called] + rows
+    tmp = scores_path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row) + "\n" for row in merged)
+    os.replace(tmp, scores_path)
 
 
 def scored_marker(args, regime: str, run: Run) -> str:

@@ -24,11 +24,13 @@ METHOD_FLAGS = {
     "sspo_initial_ref": ["--loss_type", "sspo", "--reference_strategy", "initial", "--ssr", "sft"],
     "sspo_ssr_off": ["--loss_type", "sspo", "--reference_strategy", "uniform", "--ssr", "off"],
     "sspo_flip": ["--loss_type", "sspo", "--reference_strategy", "uniform", "--ssr", "flip"],
+    # The decisive study's new switch, chosen offline by its PLAN.md's rule C (ssr_candidates.json).
+    "sspo_switch": ["--loss_type", "sspo", "--reference_strategy", "uniform", "--ssr", "self_sample"],
 }
 METHOD_LABELS = {"base": "base (no training)", "sft": "SFT on winners", "dpo": "Diffusion-DPO on pairs",
                  "sspo": "SSPO (RCR + SSR)", "spin": "SPIN-like (latest ref, no SSR)",
                  "sspo_initial_ref": "SSPO, reference = initial", "sspo_ssr_off": "SSPO, SSR off",
-                 "sspo_flip": "SSPO, v1 flip"}
+                 "sspo_flip": "SSPO, v1 flip", "sspo_switch": "SSPO, new switch (self_sample)"}
 
 
 @dataclasses.dataclass

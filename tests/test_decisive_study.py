@@ -101,6 +101,41 @@ def test_candidate_agreement_counts_ties_as_half_and_rule_c_prefers_the_cheapest
     assert ssr_agreement.choose_switch(fake) == "avg"
 
 
+def test_the_trainers_self_sample_mode_decides_as_the_offline_candidate():
+    """The chosen switch ships as ``--ssr self_sample``: its SFT decisions equal rule C's candidate's."""
+    import torch
+
+    from sspo_utils import sspo_loss
+
+    rng = np.random.default_rng(0)
+    records = [record(list(rng.uniform(0, 1, 4)), list(rng.uniform(0, 1, 4)), model_s=float(rng.uniform(0, 1)),
+                      ref_s=float(rng.uniform(0, 1))) for _ in range(64)]
+    records.append(record([0.5] * 4, [0.5] * 4, model_s=0.3, ref_s=0.3))  # a tie on x^s
+    decide, _ = ssr_agreement.CANDIDATES["self_sample"]
+    column = lambda key: torch.tensor([r[key] if np.isscalar(r[key]) else r[key][0] for r in records])  # noqa: E731
+    _, info = sspo_loss(column("model_err_w"), column("model_err_s"), column("ref_err_w"), column("ref_err_s"),
+                        1.0, "self_sample")
+    assert (info["ssr_indicator"] == 0).tolist() == [bool(decide(r)) for r in records]
+    assert 0 < float(info["ssr_sft_fraction"]) < 1
+
+
+def test_scores_of_earlier_calls_are_kept_and_a_drifting_base_is_refused(tmp_path):
+    def row(model, i, value):
+        return {"model": model, "prompt_index": i, "image_index": 0, "prompt_id": f"{i:05d}", "path": "x",
+                "scores": {"shapes_reward": value}}
+
+    path = tmp_path / "scores.jsonl"
+    earlier = [row("base", 0, 0.5), row("old_run", 0, 0.7), row("new_run", 0, 0.1)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in [row("base", 0, 0.5), row("new_run", 0, 0.6)]))
+    study.keep_earlier_scores(str(path), earlier)
+    merged = study.read_jsonl(str(path))
+    assert sorted((r["model"], r["scores"]["shapes_reward"]) for r in merged) == [
+        ("base", 0.5), ("new_run", 0.6), ("old_run", 0.7)]  # a rescored model takes its new rows
+    path.write_text(json.dumps(row("base", 0, 0.51)) + "\n")
+    with pytest.raises(RuntimeError, match="not reproducible"):
+        study.keep_earlier_scores(str(path), earlier)
+
+
 def test_captions_fixed_interval_is_narrower_when_captions_vary_more_than_seeds():
     rng = np.random.default_rng(0)
     caption_effect = rng.normal(0, 0.1, 90)

@@ -4,6 +4,7 @@ formulas (plain Python math, never the code under test).
     Δw = e_θ^w − e_ref^w,  Δs = e_θ^s − e_ref^s
     loss_i = −log σ(−β/2 · (Δw − I_i · Δs))
     sft: I = 1 if e_θ^w <= e_ref^w else 0;  flip: I = ±1;  off: I = 1
+    self_sample: I = 0 if e_θ^s < e_ref^s else 1
 """
 
 import math
@@ -33,13 +34,15 @@ def hand_logit(mw, ms, rw, rs, beta, indicator):
 #   1: policy worse on the winner (0.7 > 0.5)       -> sft I=0, flip -1
 #   2: tie (0.4 == 0.4)                             -> sft I=1, flip +1
 #   3: policy worse on the winner (0.9 > 0.6)       -> sft I=0, flip -1
+# self_sample looks at x^s instead: only sample 1 has e_θ^s < e_ref^s (0.2 < 0.3) -> I=0, others I=1
 BATCH = [
     (0.3, 0.6, 0.5, 0.4),
     (0.7, 0.2, 0.5, 0.3),
     (0.4, 0.5, 0.4, 0.45),
     (0.9, 0.95, 0.6, 0.5),
 ]
-HAND_INDICATOR = {"sft": [1.0, 0.0, 1.0, 0.0], "flip": [1.0, -1.0, 1.0, -1.0], "off": [1.0, 1.0, 1.0, 1.0]}
+HAND_INDICATOR = {"sft": [1.0, 0.0, 1.0, 0.0], "flip": [1.0, -1.0, 1.0, -1.0], "off": [1.0, 1.0, 1.0, 1.0],
+                  "self_sample": [1.0, 0.0, 1.0, 1.0]}
 # implicit accuracy: (e_θ^w − e_θ^s) < (e_ref^w − e_ref^s)
 #   0: −0.3 < 0.1 yes; 1: 0.5 < 0.2 no; 2: −0.1 < −0.05 yes; 3: −0.05 < 0.1 yes
 HAND_IMPLICIT_ACC = 0.75
@@ -55,7 +58,7 @@ def batch_tensors(requires_grad=False, dtype=torch.float64):
     return mw, ms, rw, rs
 
 
-@pytest.mark.parametrize("ssr", ["sft", "flip", "off"])
+@pytest.mark.parametrize("ssr", ["sft", "flip", "off", "self_sample"])
 def test_sspo_loss_matches_hand_formula(ssr):
     mw, ms, rw, rs = batch_tensors()
     loss, info = sspo_loss(mw, ms, rw, rs, beta=BETA, ssr=ssr)
@@ -67,7 +70,7 @@ def test_sspo_loss_matches_hand_formula(ssr):
     assert info["ssr_indicator"].tolist() == HAND_INDICATOR[ssr]
     assert info["reward_margin"].tolist() == pytest.approx(logits, rel=1e-12)
     assert info["implicit_acc"].item() == pytest.approx(HAND_IMPLICIT_ACC)
-    hand_sft_fraction = {"sft": 0.5, "flip": 0.5, "off": 0.0}[ssr]
+    hand_sft_fraction = {"sft": 0.5, "flip": 0.5, "off": 0.0, "self_sample": 0.25}[ssr]
     assert info["ssr_sft_fraction"].item() == pytest.approx(hand_sft_fraction)
 
 
@@ -111,6 +114,22 @@ def test_ssr_switch_one_sample_each_side():
     assert info_off["ssr_sft_fraction"].item() == 0.0
 
 
+def test_self_sample_switch_reads_the_self_sample_not_the_winner():
+    # Same winner errors on both samples (the paper's SSR would keep DPO for both); only x^s differs.
+    mw = torch.tensor([0.2, 0.2, 0.2], dtype=torch.float64)
+    rw = torch.tensor([0.4, 0.4, 0.4], dtype=torch.float64)
+    ms = torch.tensor([0.1, 0.5, 0.3], dtype=torch.float64)  # policy better on x^s, worse, tie
+    rs = torch.tensor([0.3, 0.3, 0.3], dtype=torch.float64)
+    loss, info = sspo_loss(mw, ms, rw, rs, beta=2.0, ssr="self_sample")
+    assert info["ssr_indicator"].tolist() == [0.0, 1.0, 1.0]  # a tie keeps the DPO term
+    assert info["ssr_sft_fraction"].item() == pytest.approx(1 / 3)
+    # β/2 = 1: sample 0 logit −(−0.2) = 0.2; sample 1 −(−0.2 − 0.2) = 0.4; sample 2 −(−0.2 − 0) = 0.2
+    expected = (neg_log_sigmoid(0.2) + neg_log_sigmoid(0.4) + neg_log_sigmoid(0.2)) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    _, paper = sspo_loss(mw, ms, rw, rs, beta=2.0, ssr="sft")
+    assert paper["ssr_indicator"].tolist() == [1.0, 1.0, 1.0]
+
+
 def test_tie_counts_as_policy_not_worse():
     e = torch.tensor([0.37, 0.37])
     ms = torch.tensor([0.9, 0.1])
@@ -131,7 +150,7 @@ def test_all_sft_fraction_is_one():
     assert info["ssr_sft_fraction"].item() == 1.0
 
 
-@pytest.mark.parametrize("ssr", ["sft", "flip", "off"])
+@pytest.mark.parametrize("ssr", ["sft", "flip", "off", "self_sample"])
 def test_info_tensors_carry_no_grad(ssr):
     mw, ms, rw, rs = batch_tensors(requires_grad=True)
     rw = rw.clone().requires_grad_(True)
@@ -152,7 +171,7 @@ def test_indicator_is_treated_as_constant_in_backward():
     assert torch.equal(rw.grad, -mw.grad)
 
 
-@pytest.mark.parametrize("ssr", ["sft", "flip", "off"])
+@pytest.mark.parametrize("ssr", ["sft", "flip", "off", "self_sample"])
 def test_gradients_match_hand_derivative(ssr):
     # L = mean_i −log σ(x_i), x_i = −β/2 (Δw_i − I_i Δs_i)
     # dL/de_θ^w_i = (β / 2B) σ(−x_i);  dL/de_θ^s_i = −I_i (β / 2B) σ(−x_i)
