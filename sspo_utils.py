@@ -1310,7 +1310,7 @@ def add_shared_arguments(parser, loss_types: Sequence[str], default_output_dir: 
                        help="SSR: sft (SSPO) drops a sample's DPO term when the reference beats the policy on x^w; "
                             "flip (SePPO v1) then counts the self-sample as a second winner; off never switches; "
                             "self_sample drops it when the policy denoises the self-sample better than the reference "
-                            "(this project's switch, an option: see the README's study).")
+                            "(not in the paper; docs/sspo-flags-and-choices.md).")
     group.add_argument("--reference_strategy", choices=REFERENCE_STRATEGIES, default="uniform",
                        help="uniform: RCR, a uniform draw over the pool; latest: newest snapshot (SPIN-Diffusion-like); "
                             "initial: always the base model.")

@@ -10,11 +10,10 @@ from typing import Dict, List
 
 import numpy as np
 
-from experiments.study_runs import METHOD_LABELS, Run, version_name
+from experiments.study_runs import METHOD_LABELS as LABELS, Run, version_name
 from experiments.study_stats import (bootstrap, mean_difference, probability_of_improvement, prompt_matrix,
                                      read_scores, win_rate)
 
-LABELS = {**METHOD_LABELS, "sspo_switch": "SSPO, new switch"}
 ORDER = ("sft", "dpo", "sspo", "spin", "sspo_switch", "sspo_initial_ref", "sspo_ssr_off")
 PAIRS = (("sspo", "dpo"), ("sspo", "spin"), ("sspo", "sft"), ("sspo_switch", "sspo"), ("sspo", "sspo_initial_ref"),
          ("sspo", "sspo_ssr_off"))
