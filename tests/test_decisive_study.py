@@ -24,6 +24,8 @@ def test_plan_puts_the_small_main_methods_first_and_every_seed_before_the_next()
     assert phases[-1] == "small_ablations"
     names = [(regime, run.name) for regime, run in jobs]
     assert len(names) == len(set(names))
+    # every method the trainers' flags name is trained, except the v1 flip, which only the 100-step study ran
+    assert {run.method for _, run in jobs} == set(study_runs.METHOD_FLAGS) - {"sspo_flip"}
 
 
 def test_every_run_is_a_valid_trainer_command_on_its_regime(tmp_path):
