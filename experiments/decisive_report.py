@@ -24,6 +24,11 @@ def signed(stat, digits=3) -> str:
     return f"{stat['value']:+.{digits}f} [{stat['ci_low']:+.{digits}f}, {stat['ci_high']:+.{digits}f}]"
 
 
+def plain(stat, digits=3) -> str:
+    """A proportion or ratio: no sign."""
+    return f"{stat['value']:.{digits}f} [{stat['ci_low']:.{digits}f}, {stat['ci_high']:.{digits}f}]"
+
+
 def table(rows: List[List[str]], header: List[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
@@ -208,6 +213,10 @@ def regime_report(args, out: str, regime: str, spec: Dict, runs: List[Run], resu
         plot(os.path.join(out, name), f"{regime} regime: gain over the base, {split} captions",
              {LABELS[m]: c for m, c in curves[split].items()}, "reward − base reward (paired)")
         md += [f"![{name}]({name})", ""]
+    grid = f"{regime}_grid_heldout.png"  # experiments/eval_grid.py, its command in that file's docstring
+    if os.path.isfile(os.path.join(out, grid)):
+        md += [f"Every 8th held-out caption, first image, every method's seed 1 at the last step "
+               f"(`experiments/eval_grid.py`):", "", f"![{grid}]({grid})", ""]
     md += training_logs(out, regime, methods, ordered, res)
     md += beta_check(args, out, regime, scores, runs, steps, res)
     res["_matrices"] = {"final_heldout": final["heldout"]}
@@ -278,12 +287,17 @@ def verdicts(results: Dict, ssr: Dict) -> List[List[str]]:
         verdict = ("supported" if paper["ci_low"] > max(0.5, always["value"]) else
                    "refuted" if paper["ci_high"] < 0.5 or paper["ci_high"] < always["value"] else "undecided")
         rows.append(["E. SSR switches correctly (offline agreement with the true reward)", verdict,
-                     f"{signed(paper, 2)} vs always-DPO {always['value']:.2f}"])
+                     f"{plain(paper, 2)} vs always-DPO {always['value']:.2f}"])
     else:
         rows.append(["E. SSR switches correctly", "not measured yet", "-"])
     ratio = results.get("small", {}).get("sd_ratio_sspo_vs_ssr_off")
     rows.append(["F. SSR stabilises training (seed SD, SSPO / SSR off), small regime",
-                 three_way(ratio, lambda s: s["ci_high"] < 1, lambda s: s["ci_low"] > 1), signed(ratio) if ratio else "-"])
+                 three_way(ratio, lambda s: s["ci_high"] < 1, lambda s: s["ci_low"] > 1), plain(ratio, 2) if ratio else "-"])
+    for regime in ("small", "full"):  # PLAN.md, rule F: also against SPIN-like, in both regimes
+        ratio = results.get(regime, {}).get("sd_ratio_sspo_vs_spin")
+        if ratio:
+            rows.append([f"F. SSR stabilises training (seed SD, SSPO / SPIN-like), {regime} regime",
+                         three_way(ratio, lambda s: s["ci_high"] < 1, lambda s: s["ci_low"] > 1), plain(ratio, 2)])
     sft = [pair(r, "sspo - sft") for r in ("small", "full")]
     rows.append(["G. SSPO beats SFT", "not measured yet" if all(d is None for d in sft) else
                  "refuted" if any(d and d["ci_high"] < 0 for d in sft) else
@@ -306,6 +320,24 @@ def verdicts(results: Dict, ssr: Dict) -> List[List[str]]:
     return rows
 
 
+def readme_tables(results: Dict, regimes: Dict[str, Dict], verdict_rows: List[List[str]]) -> str:
+    """The README's "Does it work?" tables, verbatim: one row per method and regime that has landed, with
+    its held-out gain at the quickstart's 100 steps and at the last step, its seed SD and worst seed; then
+    the verdicts. tests/test_decisive_study.py checks that the README holds them as written here."""
+    rows = []
+    for regime, spec in regimes.items():
+        res = results.get(regime, {})
+        for m, entry in res.get("final", {}).get("heldout", {}).items():
+            early = res.get("curves", {}).get("heldout", {}).get(m, {}).get("100")
+            rows.append([f"{regime}, {spec['steps']:,} steps", LABELS[m], str(len(entry["seeds"])),
+                         signed(early) if early else "-", signed(entry["gain"]),
+                         f"{entry['sd']:.3f}" if entry["sd"] is not None else "-", f"{entry['worst']:+.3f}"])
+    md = [table(rows, ["regime", "method", "seeds", "held-out gain, 100 steps", "held-out gain, last step",
+                       "seed SD", "worst seed"]), ""] if rows else []
+    md += [table(verdict_rows, ["claim", "verdict", "the numbers that decide it"]), ""]
+    return "\n".join(md)
+
+
 def write_report(args, jobs: List[tuple], regimes: Dict[str, Dict]):
     out = args.output_dir
     results = {"settings": {k: v for k, v in vars(args).items()}}
@@ -319,9 +351,10 @@ def write_report(args, jobs: List[tuple], regimes: Dict[str, Dict]):
         runs = [run for r, run in jobs if r == regime]
         md += regime_report(args, out, regime, spec, runs, results)
         matrices = results.get(regime, {}).pop("_matrices", {}).get("final_heldout", {})
-        if "sspo" in matrices and "sspo_ssr_off" in matrices:
-            results[regime]["sd_ratio_sspo_vs_ssr_off"] = sd_ratio(matrices["sspo"], matrices["sspo_ssr_off"],
-                                                                   matrices["base"])
+        for other in ("sspo_ssr_off", "spin"):
+            if "sspo" in matrices and other in matrices:
+                results[regime][f"sd_ratio_sspo_vs_{other}"] = sd_ratio(matrices["sspo"], matrices[other],
+                                                                        matrices["base"])
     ssr_path = os.path.join(out, "ssr_candidates.json")
     ssr = None
     if os.path.isfile(ssr_path):
@@ -333,6 +366,8 @@ def write_report(args, jobs: List[tuple], regimes: Dict[str, Dict]):
     md += ["## Verdicts (PLAN.md's rules)", "",
            table(verdicts(results, ssr), ["claim", "verdict", "the numbers that decide it"]), ""]
     results["verdicts"] = verdicts(results, ssr)
+    with open(os.path.join(out, "readme_tables.md"), "w") as f:
+        f.write(readme_tables(results, regimes, results["verdicts"]))
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=2, default=str)
     with open(os.path.join(out, "report.md"), "w") as f:
