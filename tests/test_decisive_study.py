@@ -167,6 +167,8 @@ def test_quick_decisive_study_runs_every_phase_and_writes_its_report(tmp_path):
     assert set(results["small"]["final"]["heldout"]) >= {"sspo", "dpo", "sft", "spin"}
     report = (out / "report.md").read_text()
     assert "numbers mean nothing" in report and "Verdicts" in report and "candidate switch" in report
+    readme_tables = (out / "readme_tables.md").read_text()
+    assert "| small, " in readme_tables and "| G. SSPO beats SFT |" in readme_tables
     timing = json.loads((out / "small" / "runs" / "sspo_b500_seed0" / "timing.json").read_text())
     assert timing["command"][:2] == ["python", "train_sspo_sd15.py"]
 
@@ -184,3 +186,29 @@ def test_training_log_summary_reads_the_trainers_tensorboard_scalars_by_half(tmp
     summary = study.training_log_summary(args, "small", run)
     assert summary["ssr_sft_fraction"] == {"first_half": 1.0, "second_half": 0.0}
     assert summary["snapshot_age"] == {"first_half": 1.5, "second_half": 3.5}
+
+
+def test_the_readme_shows_the_decisive_study_tables_as_the_report_wrote_them():
+    """README.md's "Does it work?" tables are readme_tables.md of the committed report, verbatim."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "README.md")) as f:
+        readme = f.read()
+    block = readme.split("<!-- decisive-tables -->\n", 1)[1].split("\n<!-- /decisive-tables -->", 1)[0]
+    with open(os.path.join(root, "experiments", "results", "2026-12-04-decisive-study", "readme_tables.md")) as f:
+        assert block == f.read().strip()
+
+
+def test_readme_tables_have_one_row_per_landed_method_and_regime_and_the_verdicts():
+    from experiments import decisive_report
+
+    stat = {"value": 0.05, "ci_low": 0.01, "ci_high": 0.09}
+    entry = {"gain": {"value": -0.04, "ci_low": -0.08, "ci_high": -0.003}, "seeds": [0, 1, 2], "sd": 0.011,
+             "worst": -0.048}
+    results = {"small": {"final": {"heldout": {"sspo": entry, "sft": dict(entry, sd=None)}},
+                         "curves": {"heldout": {"sspo": {"100": stat}}}}, "full": {}}
+    text = decisive_report.readme_tables(results, study.REGIMES, [["G. SSPO beats SFT", "undecided", "-"]])
+    lines = text.splitlines()
+    assert lines[2] == "| small, 1,600 steps | SSPO (RCR + SSR) | 3 | +0.050 [+0.010, +0.090] | -0.040 [-0.080, -0.003] | 0.011 | -0.048 |"
+    assert lines[3].startswith("| small, 1,600 steps | SFT on winners | 3 | - |") and lines[3].endswith("| - | -0.048 |")
+    assert not any(line.startswith("| full") for line in lines)
+    assert "| G. SSPO beats SFT | undecided | - |" in lines
