@@ -157,3 +157,9 @@ def test_the_study_records_its_commands_relative_to_the_repository_root(tmp_path
         timing = json.load(f)
     assert timing["command"] == ["python", "train_sspo_sd15.py", "--help"]
     assert timing["cpu_seconds"] > 0
+
+
+def test_the_readme_stays_a_users_page_of_at_most_200_lines():
+    with open(os.path.join(REPO_ROOT, "README.md")) as f:
+        lines = f.read().splitlines()
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines; move detail to docs/"
