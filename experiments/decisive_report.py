@@ -18,6 +18,7 @@ ORDER = ("sft", "dpo", "sspo", "spin", "sspo_switch", "sspo_initial_ref", "sspo_
 PAIRS = (("sspo", "dpo"), ("sspo", "spin"), ("sspo", "sft"), ("sspo_switch", "sspo"), ("sspo", "sspo_initial_ref"),
          ("sspo", "sspo_ssr_off"))
 NON_INFERIORITY_MARGIN = 0.01  # PLAN.md, rule H
+ABLATIONS = ("sspo_initial_ref", "sspo_ssr_off")  # planned with --ablation_seeds, the rest with --seeds
 
 
 def signed(stat, digits=3) -> str:
@@ -106,7 +107,8 @@ def plot(path, title, series: Dict[str, Dict[int, Dict]], ylabel):
     plot_curves(path, title, "optimizer step", series, ylabel=ylabel, symlog_below=50, zero_line=True)
 
 
-def regime_report(args, out: str, regime: str, spec: Dict, runs: List[Run], results: Dict) -> List[str]:
+def regime_report(args, out: str, regime: str, spec: Dict, runs: List[Run], results: Dict,
+                  beta_pairs: Dict[str, List[Run]], replaced: Dict[str, List[Run]]) -> List[str]:
     scores = load_scores(out, regime)
     methods = landed(out, regime, [r for r in runs if r.part != "small_beta"])
     res = results.setdefault(regime, {})
@@ -218,7 +220,8 @@ def regime_report(args, out: str, regime: str, spec: Dict, runs: List[Run], resu
         md += [f"Every 8th held-out caption, first image, every method's seed 1 at the last step "
                f"(`experiments/eval_grid.py`):", "", f"![{grid}]({grid})", ""]
     md += training_logs(out, regime, methods, ordered, res)
-    md += beta_check(args, out, regime, scores, runs, steps, res)
+    if regime == "small":
+        md += beta_check(args, out, scores, steps, beta_pairs, replaced, res)
     res["_matrices"] = {"final_heldout": final["heldout"]}
     return md
 
@@ -246,29 +249,50 @@ def training_logs(out, regime, methods: Dict[str, List[Run]], ordered: List[str]
                          "2nd half"]), ""]
 
 
-def beta_check(args, out, regime, scores, runs: List[Run], steps: int, res: Dict) -> List[str]:
-    """PLAN.md, rule B: β_check against β at seed 0, on the final training-caption reward only."""
-    rows = []
-    for method in ("sspo", "dpo"):
-        pair = [next((r for r in runs if r.method == method and r.seed == 0 and r.beta == beta), None)
-                for beta in (args.beta, args.beta_check)]
-        mats = [matrix(scores["final-train"], [r], steps) if r and "final-train" in scores else None for r in pair]
-        if any(m is None for m in mats):
-            continue
-        difference = float(mats[1].mean() - mats[0].mean())
-        redo = difference > 0.01
-        res.setdefault("beta_check", {})[method] = {"train_reward": [float(m.mean()) for m in mats],
-                                                    "difference": difference, "redo_at_beta_check": redo}
-        rows.append([method.upper(), f"{mats[0].mean():.3f}", f"{mats[1].mean():.3f}", f"{difference:+.3f}",
-                     f"yes: rerun at β {args.beta_check:g}" if redo else "no"])
-    if not rows:
+def beta_check_outcome(out: str, steps: int, pairs: Dict[str, List[Run]]) -> Dict[str, Dict]:
+    """PLAN.md, rule B, for each method whose pair (seed 0 at β, at β_check) is scored: the final
+    training-caption reward of each, and whether β_check beats β by more than 0.01 (then the method's
+    small-regime runs are redone at β_check). Held-out captions play no part."""
+    path = os.path.join(out, "small", "eval", "final-train")
+    if not os.path.isfile(os.path.join(path, "scores.jsonl")):
+        return {}
+    scores, outcome = read_scores(path), {}
+    for method, pair in pairs.items():
+        mats = [matrix(scores, [run], steps) for run in pair]
+        if all(m is not None for m in mats):
+            difference = float(mats[1].mean() - mats[0].mean())
+            outcome[method] = {"train_reward": [float(m.mean()) for m in mats], "difference": difference,
+                               "redo_at_beta_check": difference > 0.01}
+    return outcome
+
+
+def beta_check(args, out, scores, steps: int, pairs: Dict[str, List[Run]], replaced: Dict[str, List[Run]],
+               res: Dict) -> List[str]:
+    """Rule B's table, and the held-out gain of the runs it replaced (kept in runs/, out of every verdict)."""
+    outcome = beta_check_outcome(out, steps, pairs)
+    if not outcome:
         return []
-    return ["### β check (rule B): final training-caption reward, seed 0", "",
-            table(rows, ["method", f"β {args.beta:g}", f"β {args.beta_check:g}", "difference", "rule B fires"]), ""]
+    res["beta_check"] = outcome
+    rows = [[method.upper(), f"{o['train_reward'][0]:.3f}", f"{o['train_reward'][1]:.3f}", f"{o['difference']:+.3f}",
+             f"yes: rerun at β {args.beta_check:g}" if o["redo_at_beta_check"] else "no"] for method, o in outcome.items()]
+    md = ["### β check (rule B): final training-caption reward, seed 0", "",
+          table(rows, ["method", f"β {args.beta:g}", f"β {args.beta_check:g}", "difference", "rule B fires"]), ""]
+    base = prompt_matrix(scores["final-heldout"], ["base"])
+    for method, runs in replaced.items():
+        runs = landed(out, "small", runs).get(method, [])
+        mat = matrix(scores["final-heldout"], runs, steps)
+        if mat is not None:
+            gain = bootstrap(mean_difference, [mat, base])
+            res.setdefault("replaced_by_rule_b", {})[method] = {"seeds": [r.seed for r in runs], "gain": gain}
+            md += [f"Rule B redid {LABELS[method]} at β {args.beta_check:g}: every table and verdict above uses those "
+                   f"runs. Its {len(runs)} runs at β {args.beta:g} stay in `runs/` "
+                   f"({', '.join(r.name for r in runs)}); their final held-out gain was {signed(gain)}.", ""]
+    return md
 
 
 def verdicts(results: Dict, ssr: Dict) -> List[List[str]]:
-    """PLAN.md's rules E-H and A, applied to what has landed."""
+    """PLAN.md's rules E-H and A, applied to what has landed. A verdict read before every planned seed of
+    its methods has landed says so: "(provisional: full 1 of 5 seeds)"."""
     def pair(regime, name):
         return results.get(regime, {}).get("pairs_final", {}).get(name, {}).get("difference")
 
@@ -277,11 +301,12 @@ def verdicts(results: Dict, ssr: Dict) -> List[List[str]]:
             return "not measured yet"
         return "supported" if supported(stat) else "refuted" if refuted(stat) else "undecided"
 
-    rows = []
+    rows, scopes = [], []  # scopes: the (regime, methods) each row's verdict reads
     for label, comparator in (("latest (SPIN-like)", "spin"), ("initial", "sspo_initial_ref")):
         d = pair("small", f"sspo - {comparator}")
         rows.append([f"A. RCR mitigates overfitting (against {label}), small regime",
                      three_way(d, lambda s: s["ci_low"] > 0, lambda s: s["ci_high"] < 0), signed(d) if d else "-"])
+        scopes.append([("small", ("sspo", comparator))])
     if ssr:
         paper, always = ssr["ssr (paper)"]["agreement"], ssr["always DPO"]["agreement"]
         verdict = ("supported" if paper["ci_low"] > max(0.5, always["value"]) else
@@ -290,14 +315,17 @@ def verdicts(results: Dict, ssr: Dict) -> List[List[str]]:
                      f"{plain(paper, 2)} vs always-DPO {always['value']:.2f}"])
     else:
         rows.append(["E. SSR switches correctly", "not measured yet", "-"])
+    scopes.append([])
     ratio = results.get("small", {}).get("sd_ratio_sspo_vs_ssr_off")
     rows.append(["F. SSR stabilises training (seed SD, SSPO / SSR off), small regime",
                  three_way(ratio, lambda s: s["ci_high"] < 1, lambda s: s["ci_low"] > 1), plain(ratio, 2) if ratio else "-"])
+    scopes.append([("small", ("sspo", "sspo_ssr_off"))])
     for regime in ("small", "full"):  # PLAN.md, rule F: also against SPIN-like, in both regimes
         ratio = results.get(regime, {}).get("sd_ratio_sspo_vs_spin")
         if ratio:
             rows.append([f"F. SSR stabilises training (seed SD, SSPO / SPIN-like), {regime} regime",
                          three_way(ratio, lambda s: s["ci_high"] < 1, lambda s: s["ci_low"] > 1), plain(ratio, 2)])
+            scopes.append([(regime, ("sspo", "spin"))])
     sft = [pair(r, "sspo - sft") for r in ("small", "full")]
     rows.append(["G. SSPO beats SFT", "not measured yet" if all(d is None for d in sft) else
                  "refuted" if any(d and d["ci_high"] < 0 for d in sft) else
@@ -305,19 +333,38 @@ def verdicts(results: Dict, ssr: Dict) -> List[List[str]]:
                  "undecided (" + ", ".join(r for r, d in zip(("small", "full"), sft) if d and d["ci_low"] > 0) + " supported)"
                  if any(d and d["ci_low"] > 0 for d in sft) else "undecided",
                  "; ".join(f"{r}: {signed(d)}" for r, d in zip(("small", "full"), sft) if d)])
+    scopes.append([(r, ("sspo", "sft")) for r in ("small", "full")])
     dpo = [pair(r, "sspo - dpo") for r in ("small", "full")]
     rows.append([f"H. SSPO matches or beats DPO without losers (margin {NON_INFERIORITY_MARGIN})",
                  "not measured yet" if all(d is None for d in dpo) else
                  "refuted" if any(d and d["ci_high"] < 0 for d in dpo) else
                  "supported" if all(d and d["ci_low"] > -NON_INFERIORITY_MARGIN for d in dpo) else "undecided",
                  "; ".join(f"{r}: {signed(d)}" for r, d in zip(("small", "full"), dpo) if d)])
+    scopes.append([(r, ("sspo", "dpo")) for r in ("small", "full")])
     new = [pair(r, "sspo_switch - sspo") for r in ("small", "full")]
     rows.append(["D. The new switch beats the paper's SSR (becomes the default)",
                  "not measured yet" if all(d is None for d in new) else
                  "supported" if any(d and d["ci_low"] > 0 for d in new) and not any(d and d["ci_high"] < 0 for d in new)
                  else "refuted" if any(d and d["ci_high"] < 0 for d in new) else "undecided",
                  "; ".join(f"{r}: {signed(d)}" for r, d in zip(("small", "full"), new) if d)])
+    scopes.append([(r, ("sspo", "sspo_switch")) for r in ("small", "full")])
+    for row, scope in zip(rows, scopes):
+        if row[1] != "not measured yet":
+            row[1] += provisional(results, scope)
     return rows
+
+
+def provisional(results: Dict, scope: List[tuple]) -> str:
+    """" (provisional: …)" when a regime in ``scope`` holds fewer seeds of its methods than planned."""
+    settings = results.get("settings", {})
+    short = []
+    for regime, methods in scope:
+        planned = min(settings.get("ablation_seeds", 3) if m in ABLATIONS else settings.get("seeds", 5) for m in methods)
+        have = min(len(results.get(regime, {}).get("final", {}).get("heldout", {}).get(m, {}).get("seeds", []))
+                   for m in methods)
+        if have < planned:
+            short.append(f"{regime} {have} of {planned} seeds")
+    return f" (provisional: {', '.join(short)})" if short else ""
 
 
 def readme_tables(results: Dict, regimes: Dict[str, Dict], verdict_rows: List[List[str]]) -> str:
@@ -338,7 +385,8 @@ def readme_tables(results: Dict, regimes: Dict[str, Dict], verdict_rows: List[Li
     return "\n".join(md)
 
 
-def write_report(args, jobs: List[tuple], regimes: Dict[str, Dict]):
+def write_report(args, jobs: List[tuple], regimes: Dict[str, Dict], beta_pairs: Dict[str, List[Run]],
+                 replaced: Dict[str, List[Run]]):
     out = args.output_dir
     results = {"settings": {k: v for k, v in vars(args).items()}}
     md = ["# The decisive study: do RCR and SSR help?", "",
@@ -349,7 +397,7 @@ def write_report(args, jobs: List[tuple], regimes: Dict[str, Dict]):
                        "nothing.**"]
     for regime, spec in regimes.items():
         runs = [run for r, run in jobs if r == regime]
-        md += regime_report(args, out, regime, spec, runs, results)
+        md += regime_report(args, out, regime, spec, runs, results, beta_pairs, replaced)
         matrices = results.get(regime, {}).pop("_matrices", {}).get("final_heldout", {})
         for other in ("sspo_ssr_off", "spin"):
             if "sspo" in matrices and other in matrices:

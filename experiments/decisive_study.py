@@ -134,16 +134,34 @@ def make_run(method: str, seed: int, beta: float, phase: str) -> Run:
     return Run(f"{name}_seed{seed}", method, seed, phase, None if method == "sft" else beta)
 
 
+def beta_check_runs(args) -> Dict[str, List[Run]]:
+    """Rule B's pairs (PLAN.md): seed 0 of SSPO and DPO in the small regime, at β and at β_check."""
+    return {m: [make_run(m, 0, args.beta, "small_main"), make_run(m, 0, args.beta_check, "small_beta")]
+            for m in ("sspo", "dpo")}
+
+
+def small_regime_betas(args) -> Dict[str, float]:
+    """β of each method's small-regime runs: β_check for a method whose β check fired (rule B), else β.
+    Until the β check is scored, every method trains at β, and ``main`` plans again once it is."""
+    from experiments.decisive_report import beta_check_outcome
+
+    outcome = beta_check_outcome(args.output_dir, regimes(args)["small"]["steps"], beta_check_runs(args))
+    return {m: args.beta_check if o["redo_at_beta_check"] else args.beta for m, o in outcome.items()}
+
+
 def plan(args) -> List[tuple]:
     """(regime, run) in priority order; within a phase seed by seed, so that every method has k seeds
-    before any has k + 1."""
+    before any has k + 1. A run planned twice (rule B's redo at seed 0 is the β check's run) keeps its
+    first place."""
+    small_betas = small_regime_betas(args)
     jobs = []
     for phase in args.phases:
         regime, part = phase.split("_", 1)
         if part == "main":
-            jobs += [(regime, make_run(m, s, args.beta, phase)) for s in range(args.seeds) for m in MAIN_METHODS]
+            jobs += [(regime, make_run(m, s, small_betas.get(m, args.beta) if regime == "small" else args.beta, phase))
+                     for s in range(args.seeds) for m in MAIN_METHODS]
         elif part == "beta":
-            jobs += [(regime, make_run(m, 0, args.beta_check, phase)) for m in ("sspo", "dpo")]
+            jobs += [(regime, at_check) for _, at_check in beta_check_runs(args).values()]
         elif part == "switch":
             if "sspo_switch" not in METHOD_FLAGS:
                 print(f"{phase}: skipped, the new switch is not chosen yet (PLAN.md, rule C)", flush=True)
@@ -152,7 +170,14 @@ def plan(args) -> List[tuple]:
         elif part == "ablations":
             jobs += [(regime, make_run(m, s, args.beta, phase)) for s in range(args.ablation_seeds)
                      for m in ("sspo_initial_ref", "sspo_ssr_off")]
-    return jobs
+    seen = set()
+    return [job for job in jobs if (job[0], job[1].name) not in seen and not seen.add((job[0], job[1].name))]
+
+
+def replaced_by_rule_b(args) -> Dict[str, List[Run]]:
+    """The small-regime runs at β of each method that rule B redid at β_check (kept, and reported)."""
+    return {m: [make_run(m, s, args.beta, "small_main") for s in range(args.seeds)]
+            for m, beta in small_regime_betas(args).items() if beta != args.beta}
 
 
 def regime_args(args, regime: str):
@@ -286,20 +311,27 @@ def main(args):
     os.makedirs(args.output_dir, exist_ok=True)
     jobs = plan(args)
     if not args.report_only and not args.choose_switch:
-        for regime in {regime for regime, _ in jobs}:
-            os.makedirs(regime_args(args, regime).output_dir, exist_ok=True)
         print(f"{len(jobs)} runs planned in phases {', '.join(args.phases)}", flush=True)
-        with ThreadPoolExecutor(max_workers=1 if args.dry_run else args.jobs) as pool:
-            list(pool.map(lambda job: do_job(args, *job, score_now=not args.quick), jobs))  # re-raises a failure
-        if args.quick and not args.dry_run:
-            def score_regime(regime):
-                runs = [run for r, run in jobs if r == regime and not os.path.isfile(scored_marker(args, regime, run))]
-                if runs:
-                    score(args, regime, runs)
-                    mark_scored(args, regime, runs)
+        done = set()
+        while True:  # plans again after each pass: rule B's outcome can add runs once the β check is scored
+            todo = [(regime, run) for regime, run in jobs if (regime, run.name) not in done]
+            if not todo:
+                break
+            for regime in {regime for regime, _ in todo}:
+                os.makedirs(regime_args(args, regime).output_dir, exist_ok=True)
+            with ThreadPoolExecutor(max_workers=1 if args.dry_run else args.jobs) as pool:
+                list(pool.map(lambda job: do_job(args, *job, score_now=not args.quick), todo))  # re-raises a failure
+            done |= {(regime, run.name) for regime, run in todo}
+            if args.quick and not args.dry_run:
+                def score_regime(regime):
+                    runs = [run for r, run in jobs if r == regime and not os.path.isfile(scored_marker(args, regime, run))]
+                    if runs:
+                        score(args, regime, runs)
+                        mark_scored(args, regime, runs)
 
-            with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-                list(pool.map(score_regime, regimes(args)))
+                with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+                    list(pool.map(score_regime, regimes(args)))
+            jobs = plan(args)
     if args.dry_run:
         return
     if args.choose_switch:
@@ -310,7 +342,7 @@ def main(args):
                               args.ssr_winners)
     from experiments.decisive_report import write_report
 
-    write_report(args, jobs, regimes(args))
+    write_report(args, jobs, regimes(args), beta_check_runs(args), replaced_by_rule_b(args))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,51 @@ def test_plan_puts_the_small_main_methods_first_and_every_seed_before_the_next()
     assert {run.method for _, run in jobs} == set(study_runs.METHOD_FLAGS) - {"sspo_flip"}
 
 
+def write_final_train_scores(out, rewards):
+    """A small regime's final-train scores.jsonl: {model: reward} on two captions."""
+    path = out / "small" / "eval" / "final-train"
+    path.mkdir(parents=True)
+    rows = [{"model": model, "prompt_index": i, "image_index": 0, "prompt_id": f"{i:05d}", "path": "x",
+             "scores": {"shapes_reward": value}} for model, value in rewards.items() for i in range(2)]
+    (path / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.mark.parametrize("dpo_at_check, fires", [(0.511, True), (0.509, False)])
+def test_rule_b_redoes_a_methods_small_runs_at_the_check_beta_only_when_it_wins_by_more_than_001(
+        tmp_path, dpo_at_check, fires):
+    args = study.parse_args(["--output_dir", str(tmp_path)])
+    assert all(run.beta in (None, args.beta) for _, run in study.plan(args) if run.part == "small_main")  # unscored
+    write_final_train_scores(tmp_path, {"base": 0.4, "dpo_b500_seed0-step1600": 0.5,
+                                        "dpo_b2000_seed0-step1600": dpo_at_check,
+                                        "sspo_b500_seed0-step1600": 0.6, "sspo_b2000_seed0-step1600": 0.7})
+    jobs = study.plan(args)
+    names = [(regime, run.name) for regime, run in jobs]
+    assert len(names) == len(set(names))  # the redo's seed 0 is the β check's run, planned once
+    small = {(run.method, run.seed): run for regime, run in jobs if run.part == "small_main"}
+    assert small[("sspo", 3)].beta == args.beta_check  # SSPO: +0.1 on training captions
+    assert small[("dpo", 3)].beta == (args.beta_check if fires else args.beta)
+    assert small[("sft", 3)].beta is None
+    assert all(run.beta == args.beta for regime, run in jobs if regime == "full" and run.method != "sft")
+    assert [r.name for r in study.replaced_by_rule_b(args).get("dpo", [])] == (
+        [f"dpo_b500_seed{s}" for s in range(args.seeds)] if fires else [])
+
+
+def test_a_verdict_read_before_every_planned_seed_landed_says_it_is_provisional():
+    from experiments import decisive_report
+
+    def entry(seeds):
+        return {"seeds": list(range(seeds))}
+
+    results = {"settings": {"seeds": 5, "ablation_seeds": 3},
+               "small": {"final": {"heldout": {"sspo": entry(5), "sft": entry(5), "sspo_ssr_off": entry(3)}}},
+               "full": {"final": {"heldout": {"sspo": entry(2), "sft": entry(1)}}}}
+    assert decisive_report.provisional(results, [("small", ("sspo", "sft"))]) == ""
+    assert decisive_report.provisional(results, [("small", ("sspo", "sspo_ssr_off"))]) == ""
+    assert decisive_report.provisional(results, [(r, ("sspo", "sft")) for r in ("small", "full")]) == \
+        " (provisional: full 1 of 5 seeds)"
+    assert decisive_report.provisional(results, [("full", ("sspo", "dpo"))]) == " (provisional: full 0 of 5 seeds)"
+
+
 def test_every_run_is_a_valid_trainer_command_on_its_regime(tmp_path):
     import train_sspo_sd15
 
