@@ -9,9 +9,10 @@ The README's picture, after the quickstart:
 The decisive study's grid (every method, seed 1, final step), after its scoring:
 
     python experiments/eval_grid.py experiments/results/2026-12-04-decisive-study/small/eval/final-heldout \
-        --models base sft_seed1-step1600 dpo_b500_seed1-step1600 sspo_b500_seed1-step1600 \
-        spin_b500_seed1-step1600 --labels base SFT DPO SSPO SPIN-like --columns 2 \
-        --title "small regime, 1,600 steps, seed 1: held-out captions; base, SFT, DPO, SSPO, SPIN-like; same seed" \
+        --models base sft_seed1-step1600 dpo_b2000_seed1-step1600 sspo_b500_seed1-step1600 \
+        spin_b500_seed1-step1600 sspo_switch_b500_seed1-step1600 --labels base SFT DPO SSPO SPIN-like "new switch" \
+        --columns 2 --title "small regime, 1,600 steps, seed 1: held-out captions; base, SFT, DPO (beta 2000), SSPO, \
+SPIN-like, new switch; same seed" \
         --output experiments/results/2026-12-04-decisive-study/small_grid_heldout.png
 
 The captions are chosen by a fixed rule, never by result: every ``--every``-th prompt of the evaluation, in the
