@@ -391,7 +391,8 @@ def write_report(args, jobs: List[tuple], regimes: Dict[str, Dict], beta_pairs: 
     results = {"settings": {k: v for k, v in vars(args).items()}}
     md = ["# The decisive study: do RCR and SSR help?", "",
           "Plan, power estimate and decision rules, written before the runs: [PLAN.md](PLAN.md). Every number is the "
-          "shapes world's exact reward. Runs land over several sessions; each table says how many seeds it holds.", ""]
+          "shapes world's exact reward. Runs land over several sessions; each table says how many seeds it holds. "
+          "Why the methods differ: [docs/evaluation.md](../../../docs/evaluation.md#the-decisive-study-why-the-methods-differ-small-regime).", ""]
     if args.quick:
         md[1:1] = ["", "**A `--quick` run: a few steps of every phase, to check that the study runs. Its numbers mean "
                        "nothing.**"]
