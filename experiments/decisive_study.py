@@ -32,10 +32,10 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from experiments.study_runs import METHOD_FLAGS, REPO_ROOT, Run, is_trained, run_dir, train, version_name
 
-# Priority order (issue 32): the main methods in the small regime first, then the new switch, then the
-# full regime, then the ablations. The β check sits after the main small runs because it decides
-# whether they stand (PLAN.md, rule B).
-PHASES = ("small_main", "small_beta", "small_switch", "full_main", "full_switch", "small_ablations")
+# Priority order (issue 32): the main methods in the small regime first, then the new switch (both
+# regimes), then the rest of the full regime, then the ablations. The β check sits after the main small
+# runs because it decides whether they stand (PLAN.md, rule B).
+PHASES = ("small_main", "small_beta", "small_switch", "full_switch", "full_main", "small_ablations")
 MAIN_METHODS = ("sspo", "dpo", "sft", "spin")
 SUBSET_SEED = 1204  # chooses the small regime's winners, once, independently of every training seed
 REGIMES = {

@@ -20,7 +20,8 @@ def test_plan_puts_the_small_main_methods_first_and_every_seed_before_the_next()
     assert {run.method for _, run in first} == set(study.MAIN_METHODS)
     assert [run.seed for _, run in first] == [s for s in range(args.seeds) for _ in study.MAIN_METHODS]
     phases = [run.part for _, run in jobs]
-    assert phases.index("full_main") > phases.index("small_main")
+    # the priorities: small main methods, the new switch (both regimes), the full regime, the ablations
+    assert phases.index("small_main") < phases.index("small_switch") < phases.index("full_switch") < phases.index("full_main")
     assert phases[-1] == "small_ablations"
     names = [(regime, run.name) for regime, run in jobs]
     assert len(names) == len(set(names))
