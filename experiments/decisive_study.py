@@ -170,8 +170,10 @@ def plan(args) -> List[tuple]:
         elif part == "ablations":
             jobs += [(regime, make_run(m, s, args.beta, phase)) for s in range(args.ablation_seeds)
                      for m in ("sspo_initial_ref", "sspo_ssr_off")]
-    seen = set()
-    return [job for job in jobs if (job[0], job[1].name) not in seen and not seen.add((job[0], job[1].name))]
+    unique = {}
+    for regime, run in jobs:
+        unique.setdefault((regime, run.name), (regime, run))
+    return list(unique.values())
 
 
 def replaced_by_rule_b(args) -> Dict[str, List[Run]]:
