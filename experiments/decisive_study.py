@@ -30,6 +30,7 @@ from typing import Dict, List
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from sspo_utils import LORA_WEIGHT_NAME
 from experiments.study_runs import METHOD_FLAGS, REPO_ROOT, Run, is_trained, run_dir, train, version_name
 
 # Priority order (issue 32): the main methods in the small regime first, then the new switch (both
@@ -264,11 +265,19 @@ def scored_marker(args, regime: str, run: Run) -> str:
     return os.path.join(run_dir(regime_args(args, regime), run), "scored.json")
 
 
+def lost_before_scoring(args, regime: str, run: Run) -> bool:
+    """Trained but neither scored nor on disk any more: checkpoints are not kept in git, so a machine
+    reset between training and scoring loses them, and the run must be trained again from step 0."""
+    out = run_dir(regime_args(args, regime), run)
+    return (is_trained(regime_args(args, regime), run) and not os.path.isfile(scored_marker(args, regime, run))
+            and not os.path.isfile(os.path.join(out, LORA_WEIGHT_NAME)))
+
+
 def do_job(args, regime: str, run: Run, score_now: bool = True):
     """Train (or resume) one run, prune its unscored checkpoints, and score it unless ``score_now`` is
     off (``--quick`` scores each regime's runs together, to start fewer evaluation processes)."""
     rargs = regime_args(args, regime)
-    if not is_trained(rargs, run):
+    if not is_trained(rargs, run) or lost_before_scoring(args, regime, run):
         train(rargs, run)
         print(f"{'would train' if args.dry_run else 'trained'} {regime}/{run.name}", flush=True)
     if args.dry_run:

@@ -184,6 +184,25 @@ def test_scores_of_earlier_calls_are_kept_and_a_drifting_base_is_refused(tmp_pat
         study.keep_earlier_scores(str(path), earlier)
 
 
+def test_a_run_whose_checkpoints_were_lost_before_scoring_is_trained_again_and_a_scored_one_is_not(tmp_path, monkeypatch):
+    args = study.parse_args(["--output_dir", str(tmp_path)])
+    trained, scored = [], []
+    monkeypatch.setattr(study, "train", lambda rargs, run: trained.append(run.name))
+    monkeypatch.setattr(study, "score", lambda args, regime, runs: scored.extend(r.name for r in runs))
+    monkeypatch.setattr(study, "training_log_summary", lambda args, regime, run: {})
+    lost, landed, intact = (study.make_run("sspo", seed, 500.0, "full_main") for seed in (0, 1, 2))
+    for run in (lost, landed, intact):
+        out = study.run_dir(study.regime_args(args, "full"), run)
+        os.makedirs(out)
+        open(os.path.join(out, "timing.json"), "w").write("{}")  # trained, as git keeps it
+    open(study.scored_marker(args, "full", landed), "w").write("{}")
+    open(os.path.join(study.run_dir(study.regime_args(args, "full"), intact), study.LORA_WEIGHT_NAME), "w").close()
+    for run in (lost, landed, intact):
+        study.do_job(args, "full", run)
+    assert trained == [lost.name]  # the landed run keeps its scores; the intact one is scored as it is
+    assert scored == [lost.name, intact.name]
+
+
 def test_captions_fixed_interval_is_narrower_when_captions_vary_more_than_seeds():
     rng = np.random.default_rng(0)
     caption_effect = rng.normal(0, 0.1, 90)
