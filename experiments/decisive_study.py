@@ -228,9 +228,10 @@ def score(args, regime: str, runs: List[Run]):
             name = f"{kind}-{split}"
             with EVAL_LOCKS.setdefault((regime, name), threading.Lock()):
                 scores_path = os.path.join(rargs.output_dir, "eval", name, "scores.jsonl")
-                earlier = read_jsonl(scores_path)
+                earlier = journal_earlier_scores(scores_path)
                 evaluate(rargs, runs, split, prompts=prompts, images=images, name=name, versions=versions)
                 keep_earlier_scores(scores_path, earlier)
+                os.remove(scores_path + EARLIER_SUFFIX)
 
 
 def read_jsonl(path: str) -> List[Dict]:
@@ -240,25 +241,53 @@ def read_jsonl(path: str) -> List[Dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+EARLIER_SUFFIX = ".earlier"  # rows of earlier calls, kept on disk until a call's merge has landed
+BASE_MEAN_DRIFT_LIMIT = 1e-4  # well below the third decimal the gains are reported to
+
+
+def write_jsonl(path: str, rows: List[Dict]):
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    os.replace(path + ".tmp", path)
+
+
+def journal_earlier_scores(scores_path: str) -> List[Dict]:
+    """The scores of earlier calls, written beside scores.jsonl before evaluate_sspo.py overwrites it, so
+    a failure or a kill between the two never loses the rows of models whose LoRAs are gone. A journal
+    left by a call that died before its merge is what counts then; that call's own rows are dropped
+    (its runs have no scored marker, so they are scored again)."""
+    journal = scores_path + EARLIER_SUFFIX
+    if os.path.isfile(journal):
+        return read_jsonl(journal)
+    os.makedirs(os.path.dirname(scores_path), exist_ok=True)
+    earlier = read_jsonl(scores_path)
+    write_jsonl(journal, earlier)
+    return earlier
+
+
 def keep_earlier_scores(scores_path: str, earlier: List[Dict]):
     """evaluate_sspo.py writes scores.jsonl for the models of its call only; put back the rows of the models
-    scored by earlier calls (their LoRAs may be pruned or lost by now, their scores are not). The base is
-    drawn again with the same seeds in every call, so its new scores must equal the recorded ones."""
+    scored by earlier calls (their LoRAs may be pruned or lost by now, their scores are not).
+
+    The base is drawn again with the same seeds in every call. Its images are not kept in git, and one
+    redrawn on a fresh machine can differ in a few pixels (in the full regime, 1 image of 720 moved
+    by 2.6e-4). Every gain is a mean of paired differences with the base, so what must hold is the
+    base's mean: the merge is refused when it moved by more than ``BASE_MEAN_DRIFT_LIMIT``."""
     rows = read_jsonl(scores_path)
     key = lambda row: (row["model"], row["prompt_index"], row["image_index"])  # noqa: E731
     new = {key(row): row for row in rows}
+    drifts = {}  # metric -> the base's new minus earlier score, per shared image
     for row in earlier:
         if row["model"] == "base" and key(row) in new:
-            drift = max(abs(new[key(row)]["scores"][m] - v) for m, v in row["scores"].items())
-            if drift > 1e-4:
-                raise RuntimeError(f"{scores_path}: the base scored {drift:.2e} away from its earlier score "
-                                   f"on {key(row)}; the evaluation is not reproducible, so scores cannot be merged")
+            for metric, value in row["scores"].items():
+                drifts.setdefault(metric, []).append(new[key(row)]["scores"][metric] - value)
+    for metric, moved in drifts.items():
+        if abs(sum(moved) / len(moved)) > BASE_MEAN_DRIFT_LIMIT:
+            raise RuntimeError(f"{scores_path}: the base's mean {metric} moved by {sum(moved) / len(moved):+.2e} "
+                               f"(one image by {max(moved, key=abs):+.2e}); the evaluation is not reproducible, so "
+                               f"scores cannot be merged (the earlier rows are kept in {scores_path}{EARLIER_SUFFIX})")
     called = {row["model"] for row in rows}
-    merged = [row for row in earlier if row["model"] not in called] + rows
-    tmp = scores_path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row) + "\n" for row in merged)
-    os.replace(tmp, scores_path)
+    write_jsonl(scores_path, [row for row in earlier if row["model"] not in called] + rows)
 
 
 def scored_marker(args, regime: str, run: Run) -> str:

@@ -184,6 +184,50 @@ def test_scores_of_earlier_calls_are_kept_and_a_drifting_base_is_refused(tmp_pat
         study.keep_earlier_scores(str(path), earlier)
 
 
+def test_a_base_redrawn_with_a_few_pixels_off_merges_but_a_moved_base_mean_does_not(tmp_path):
+    def row(model, i, value):
+        return {"model": model, "prompt_index": i, "image_index": 0, "scores": {"shapes_reward": value}}
+
+    path = tmp_path / "scores.jsonl"
+    earlier = [row("base", i, 0.5) for i in range(720)] + [row("old_run", 0, 0.7)]
+    redrawn = [row("base", i, 0.5 + (2.6e-4 if i == 7 else 0.0)) for i in range(720)]  # as on a fresh machine
+    path.write_text("".join(json.dumps(r) + "\n" for r in redrawn))
+    study.keep_earlier_scores(str(path), earlier)
+    assert {r["model"] for r in study.read_jsonl(str(path))} == {"base", "old_run"}
+    shifted = [row("base", i, 0.5 + 2e-4) for i in range(720)]  # every image moved the same way
+    path.write_text("".join(json.dumps(r) + "\n" for r in shifted))
+    with pytest.raises(RuntimeError, match="mean shapes_reward moved by \\+2.00e-04"):
+        study.keep_earlier_scores(str(path), earlier)
+
+
+def test_a_failed_merge_loses_no_earlier_scores_and_the_next_call_recovers_them(tmp_path, monkeypatch):
+    def row(model, value):
+        return {"model": model, "prompt_index": 0, "image_index": 0, "scores": {"shapes_reward": value}}
+
+    args = study.parse_args(["--output_dir", str(tmp_path)])
+    scores_path = tmp_path / "full" / "eval" / "final-heldout" / "scores.jsonl"
+    scores_path.parent.mkdir(parents=True)
+    scores_path.write_text("".join(json.dumps(r) + "\n" for r in [row("base", 0.5), row("old_run", 0.7)]))
+    base_off = {"final-heldout": True}  # the first call's base is off in that folder: its merge there fails
+
+    def evaluate(rargs, runs, split, prompts, images, name, versions):  # writes its own models only, as evaluate_sspo.py
+        path = os.path.join(rargs.output_dir, "eval", name, "scores.jsonl")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        rows = [row("base", 0.9 if base_off.get(name) else 0.5)] + [row(m, 0.6) for m in versions]
+        open(path, "w").write("".join(json.dumps(r) + "\n" for r in rows))
+
+    monkeypatch.setattr("experiments.study_runs.evaluate", evaluate)
+    run = study.make_run("sspo", 2, 500.0, "full_main")
+    with pytest.raises(RuntimeError, match="not reproducible"):
+        study.score(args, "full", [run])
+    assert "old_run" in {r["model"] for r in study.read_jsonl(str(scores_path) + study.EARLIER_SUFFIX)}
+    base_off.clear()
+    study.score(args, "full", [run])
+    models = {r["model"] for r in study.read_jsonl(str(scores_path))}
+    assert {"base", "old_run", study.version_name(run.name, 800)} <= models
+    assert not os.path.exists(str(scores_path) + study.EARLIER_SUFFIX)
+
+
 def test_a_run_whose_checkpoints_were_lost_before_scoring_is_trained_again_and_a_scored_one_is_not(tmp_path, monkeypatch):
     args = study.parse_args(["--output_dir", str(tmp_path)])
     trained, scored = [], []
