@@ -1289,8 +1289,9 @@ def run_with_clear_errors(main, parse_args):
 SELF_SAMPLE_SCHEDULER_NAMES = ("ddim", "ddpm")
 
 
-def add_shared_arguments(parser, loss_types: Sequence[str], default_output_dir: str):
-    """Flags both scripts take, named as in diffusers' examples, plus the SSPO group."""
+def add_shared_arguments(parser, loss_types: Sequence[str], default_output_dir: str, ssr_default: str = "self_sample"):
+    """Flags every trainer takes, named as in diffusers' examples, plus the SSPO group. ``ssr_default``: the
+    decisive study chose ``self_sample`` on images only, so a trainer of another kind keeps the paper's SSR."""
     group = parser.add_argument_group("model")
     group.add_argument("--pretrained_model_name_or_path", type=str, required=True,
                        help="Hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5) or local diffusers folder.")
@@ -1306,11 +1307,11 @@ def add_shared_arguments(parser, loss_types: Sequence[str], default_output_dir: 
                        help=". ".join(loss_help[name] for name in loss_types) + ".")
     group.add_argument("--beta_dpo", type=float, default=5000.0,
                        help="β of the DPO/SSPO loss; the loss uses β/2 as in Diffusion-DPO's code (5000 for SD1.5).")
-    group.add_argument("--ssr", choices=SSR_MODES, default="sft",
-                       help="SSR: sft (SSPO) drops a sample's DPO term when the reference beats the policy on x^w; "
-                            "flip (SePPO v1) then counts the self-sample as a second winner; off never switches; "
-                            "self_sample drops it when the policy denoises the self-sample better than the reference "
-                            "(not in the paper; docs/sspo-flags-and-choices.md).")
+    group.add_argument("--ssr", choices=SSR_MODES, default=ssr_default,
+                       help=f"SSR (default: {ssr_default}): self_sample (not in the paper) drops a sample's DPO term "
+                            "when the policy denoises the self-sample x^s better than the reference; sft (the paper's "
+                            "SSR) drops it when the reference beats the policy on x^w; flip (SePPO v1) then counts the "
+                            "self-sample as a second winner; off never switches (docs/sspo-flags-and-choices.md).")
     group.add_argument("--reference_strategy", choices=REFERENCE_STRATEGIES, default="uniform",
                        help="uniform: RCR, a uniform draw over the pool; latest: newest snapshot (SPIN-Diffusion-like); "
                             "initial: always the base model.")

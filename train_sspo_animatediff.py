@@ -92,7 +92,8 @@ CAPTION_COLUMN_GUESSES = ("name", "caption", "text", "prompt")
 
 def parse_args(input_args=None):
     parser = argparse.ArgumentParser(description="SSPO training for AnimateDiff (text-to-video).")
-    add_shared_arguments(parser, loss_types=("sspo", "sft"), default_output_dir="sspo-animatediff")
+    # The paper's SSR: the study that made self_sample the image trainers' default measured no video.
+    add_shared_arguments(parser, loss_types=("sspo", "sft"), default_output_dir="sspo-animatediff", ssr_default="sft")
     group = parser.add_argument_group("AnimateDiff")
     group.add_argument("--motion_adapter_name_or_path", type=str, required=True,
                        help="e.g. guoyww/animatediff-motion-adapter-v1-5-2, or a local MotionAdapter folder.")

@@ -298,3 +298,13 @@ def test_incompatible_motion_adapter_is_a_clear_error(tiny_model_dir, chronomagi
     result = run_script(e2e_args(tiny_model_dir, str(adapter_dir), *chronomagic, tmp_path / "out", "--max_train_steps", "1"),
                         launcher="python")
     assert result.returncode == 2 and "does not fit the base UNet" in result.stderr.strip().splitlines()[-1]
+
+
+def test_the_video_trainer_keeps_the_papers_ssr_while_the_image_trainers_default_to_self_sample(generic_videos):
+    import train_sspo_sd15
+    import train_sspo_sdxl
+
+    video = parse("unused", "unused", *generic_videos)
+    image_flags = ["--pretrained_model_name_or_path", "unused", "--train_data_dir", "unused"]
+    assert video.ssr == "sft"  # the decisive study measured images only
+    assert train_sspo_sd15.parse_args(image_flags).ssr == train_sspo_sdxl.parse_args(image_flags).ssr == "self_sample"

@@ -58,7 +58,7 @@ def test_sspo_run_writes_lora_card_images_and_rotates_checkpoints(sspo_run):
     assert sorted(p.name for p in output_dir.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
     assert not list(output_dir.glob(".tmp-*"))
     card = (output_dir / "README.md").read_text()
-    for expected in ("- sspo", "- lora", "- diffusers", "base_model: ", "`ssr` | `sft`", "image_0.png"):
+    for expected in ("- sspo", "- lora", "- diffusers", "base_model: ", "`ssr` | `self_sample`", "image_0.png"):
         assert expected in card
     assert (output_dir / "image_0.png").is_file()
     validation = sorted(p.name for p in (output_dir / "validation").iterdir())

@@ -282,7 +282,7 @@ def test_sspo_run_writes_lora_card_checkpoint_and_metrics(sspo_run):
     assert sorted(p.name for p in output_dir.glob("checkpoint-*")) == ["checkpoint-3"]
     assert sspo_utils.verify_run(str(output_dir), print_fn=lambda *a: None) == 0
     card = (output_dir / "README.md").read_text()
-    for expected in ("- sspo", "- stable-diffusion-xl", "StableDiffusionXLPipeline", "`ssr` | `sft`", "image_0.png"):
+    for expected in ("- sspo", "- stable-diffusion-xl", "StableDiffusionXLPipeline", "`ssr` | `self_sample`", "image_0.png"):
         assert expected in card, expected
     validation = sorted(p.name for p in (output_dir / "validation").iterdir())
     assert {"validation_step2_0.png", "validation_step4_0.png", "final_lora_step4_0.png", "final_base_step4_0.png"} <= set(validation)
