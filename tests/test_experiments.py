@@ -124,3 +124,14 @@ def test_a_video_only_study_trains_and_scores_no_image_run(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "train_sspo_animatediff.py" in printed and "shapes-heldout-video-prompts" in printed
     assert "train_sspo_sd15.py" not in printed and "image-prompts" not in printed
+
+
+def test_readme_quickstarts_changes_only_the_trainers_seed_and_names_a_block_without_one():
+    from experiments import readme_quickstarts
+
+    as_written = readme_quickstarts.readme_command("quickstart", 0)
+    seed_2 = readme_quickstarts.readme_command("quickstart", 2)
+    assert "--seed 0" in as_written and "--seed 2" in seed_2 and "--seed 0" not in seed_2
+    assert as_written.replace("--seed 0", "--seed 2", 1) == seed_2  # nothing else moves, evaluation included
+    with pytest.raises(SystemExit, match="no bash block"):
+        readme_quickstarts.readme_command("no-such-block", 0)
