@@ -13,6 +13,7 @@ seconds).
 """
 
 import argparse
+import contextlib
 import gzip
 import json
 import os
@@ -53,12 +54,17 @@ def readme_command(marker: str, seed: int) -> str:
     return command
 
 
+def link_repository(scratch: str):
+    """Make ``scratch`` look like the repository to a README block, with this interpreter's venv as ``.venv``."""
+    for name, target in [(name, os.path.join(REPO_ROOT, name)) for name in LINKED] + [(".venv", sys.prefix)]:
+        if not os.path.lexists(os.path.join(scratch, name)):
+            os.symlink(target, os.path.join(scratch, name))
+
+
 def run_block(command: str, scratch: str) -> dict:
     """Runs the block minus its install line (the linked venv has the requirements already)."""
     command = "\n".join(line for line in command.splitlines() if "pip install" not in line)
-    for name in LINKED:
-        os.symlink(os.path.join(REPO_ROOT, name), os.path.join(scratch, name))
-    os.symlink(sys.prefix, os.path.join(scratch, ".venv"))
+    link_repository(scratch)
     began = time.time()
     with open(os.path.join(scratch, "output.log"), "w") as log:
         process = subprocess.Popen(["bash", "-euo", "pipefail", "-c", command], cwd=scratch, stdout=log,
@@ -98,14 +104,13 @@ def main(args):
                 continue
             command = readme_command(marker, seed)
             if args.keep_scratch:
-                scratch = os.path.join(args.keep_scratch, f"{marker}-seed{seed}")
-                os.makedirs(scratch)
+                os.makedirs(os.path.join(args.keep_scratch, f"{marker}-seed{seed}"))
+                scratch_dir = contextlib.nullcontext(os.path.join(args.keep_scratch, f"{marker}-seed{seed}"))
+            else:
+                scratch_dir = tempfile.TemporaryDirectory()
+            with scratch_dir as scratch:
                 timing = run_block(command, scratch)
                 keep_outputs(command, scratch, timing, out)
-            else:
-                with tempfile.TemporaryDirectory() as scratch:
-                    timing = run_block(command, scratch)
-                    keep_outputs(command, scratch, timing, out)
             print(f"{out}: {timing}", flush=True)
 
 

@@ -3,21 +3,17 @@ install line: each must raise the ground-truth reward on held-out captions, with
 
 import json
 import os
-import re
 import subprocess
-import sys
 
 import pytest
 
+from experiments import readme_quickstarts
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def readme_block(marker):
-    text = open(os.path.join(REPO_ROOT, "README.md")).read()
-    match = re.search(rf"<!-- {marker} -->\s*```bash\n(.*?)```", text, re.S)
-    assert match, f"README has no ```bash block after <!-- {marker} -->"
-    return match.group(1)
+    return readme_quickstarts.readme_command(marker, seed=0)
 
 
 def run_readme_block(marker, tmp_path, skip_install):
@@ -27,12 +23,7 @@ def run_readme_block(marker, tmp_path, skip_install):
     if skip_install:
         assert "pip install -r requirements.txt" in lines[0]
         lines = lines[1:]
-    for name in ("train_sspo_sd15.py", "train_sspo_sdxl.py", "train_sspo_animatediff.py", "sspo_utils.py",
-                 "sspo_tiny.py", "shapes_world.py", "evaluate_sspo.py", "models", "data", "experiments"):
-        if not (tmp_path / name).exists():
-            os.symlink(os.path.join(REPO_ROOT, name), tmp_path / name)
-    if not (tmp_path / ".venv").exists():
-        os.symlink(sys.prefix, tmp_path / ".venv")
+    readme_quickstarts.link_repository(str(tmp_path))
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     result = subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join(lines)], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=1800)
