@@ -15,8 +15,10 @@ from experiments.study_stats import (bootstrap, mean_difference, probability_of_
                                      read_scores, win_rate)
 
 ORDER = ("sft", "dpo", "sspo", "spin", "sspo_switch", "sspo_initial_ref", "sspo_ssr_off")
+# The last two pairs are descriptive (PLAN.md, fifth addendum): the reference draw without SSR (RCR against
+# latest), and the new switch against no switch under RCR.
 PAIRS = (("sspo", "dpo"), ("sspo", "spin"), ("sspo", "sft"), ("sspo_switch", "sspo"), ("sspo", "sspo_initial_ref"),
-         ("sspo", "sspo_ssr_off"))
+         ("sspo", "sspo_ssr_off"), ("sspo_ssr_off", "spin"), ("sspo_switch", "sspo_ssr_off"))
 NON_INFERIORITY_MARGIN = 0.01  # PLAN.md, rule H
 ABLATIONS = ("sspo_initial_ref", "sspo_ssr_off")  # planned with --ablation_seeds, the rest with --seeds
 
