@@ -75,6 +75,11 @@ def seed_spread(method_matrix, base, seed: int = 0) -> Dict:
             "worst": float(gains.min())}
 
 
+def sd_ratio_key(other: str) -> str:
+    """Where rule F's ratio SD(SSPO) / SD(other) is kept in a regime's results; written and read by this name."""
+    return f"sd_ratio_sspo_vs_{other}"
+
+
 def sd_ratio(a, b, base, seed: int = 0) -> Dict:
     """SD(a's per-seed gains) / SD(b's), with a bootstrap CI resampling each method's seeds."""
     ga, gb = a.mean(1) - base.mean(), b.mean(1) - base.mean()
@@ -318,12 +323,12 @@ def verdicts(results: Dict, ssr: Dict) -> List[List[str]]:
     else:
         rows.append(["E. SSR switches correctly", "not measured yet", "-"])
     scopes.append([])
-    ratio = results.get("small", {}).get("sd_ratio_sspo_vs_ssr_off")
+    ratio = results.get("small", {}).get(sd_ratio_key("sspo_ssr_off"))
     rows.append(["F. SSR stabilises training (seed SD, SSPO / SSR off), small regime",
                  three_way(ratio, lambda s: s["ci_high"] < 1, lambda s: s["ci_low"] > 1), plain(ratio, 2) if ratio else "-"])
     scopes.append([("small", ("sspo", "sspo_ssr_off"))])
     for regime in ("small", "full"):  # PLAN.md, rule F: also against SPIN-like, in both regimes
-        ratio = results.get(regime, {}).get("sd_ratio_sspo_vs_spin")
+        ratio = results.get(regime, {}).get(sd_ratio_key("spin"))
         if ratio:
             rows.append([f"F. SSR stabilises training (seed SD, SSPO / SPIN-like), {regime} regime",
                          three_way(ratio, lambda s: s["ci_high"] < 1, lambda s: s["ci_low"] > 1), plain(ratio, 2)])
@@ -404,8 +409,7 @@ def write_report(args, jobs: List[tuple], regimes: Dict[str, Dict], beta_pairs: 
         matrices = results.get(regime, {}).pop("_matrices", {}).get("final_heldout", {})
         for other in ("sspo_ssr_off", "spin"):
             if "sspo" in matrices and other in matrices:
-                results[regime][f"sd_ratio_sspo_vs_{other}"] = sd_ratio(matrices["sspo"], matrices[other],
-                                                                        matrices["base"])
+                results[regime][sd_ratio_key(other)] = sd_ratio(matrices["sspo"], matrices[other], matrices["base"])
     ssr_path = os.path.join(out, "ssr_candidates.json")
     ssr = None
     if os.path.isfile(ssr_path):

@@ -74,6 +74,26 @@ def test_a_verdict_read_before_every_planned_seed_landed_says_it_is_provisional(
     assert decisive_report.provisional(results, [("full", ("sspo", "dpo"))]) == " (provisional: full 0 of 5 seeds)"
 
 
+def test_rule_f_reads_the_seed_sd_ratios_the_report_writes():
+    """Rule F's rows read the ratios under the names the report stores them by: SSPO's seeds vary less than
+    SSR off's here, and as much as SPIN-like's."""
+    from experiments import decisive_report
+
+    rng = np.random.default_rng(0)
+    base = rng.random((90, 8))
+    steady = np.stack([base.mean(1) + 0.01 * k for k in range(5)])  # per-seed gains 0.00..0.04
+    shaky = np.stack([base.mean(1) + 0.2 * k for k in range(3)])
+    matrices = {"sspo": steady, "sspo_ssr_off": shaky, "spin": steady, "base": base}
+    results = {"settings": {"seeds": 5, "ablation_seeds": 3}, "small": {"final": {"heldout": {
+        "sspo": {"seeds": list(range(5))}, "sspo_ssr_off": {"seeds": list(range(3))}, "spin": {"seeds": list(range(5))}}}}}
+    for other in ("sspo_ssr_off", "spin"):
+        results["small"][decisive_report.sd_ratio_key(other)] = decisive_report.sd_ratio(
+            matrices["sspo"], matrices[other], matrices["base"])
+    rows = {row[0]: row[1] for row in decisive_report.verdicts(results, None)}
+    assert rows["F. SSR stabilises training (seed SD, SSPO / SSR off), small regime"] == "supported"
+    assert rows["F. SSR stabilises training (seed SD, SSPO / SPIN-like), small regime"] == "undecided"
+
+
 def test_every_run_is_a_valid_trainer_command_on_its_regime(tmp_path):
     import train_sspo_sd15
 
