@@ -222,10 +222,12 @@ def regime_report(args, out: str, regime: str, spec: Dict, runs: List[Run], resu
         plot(os.path.join(out, name), f"{regime} regime: gain over the base, {split} captions",
              {LABELS[m]: c for m, c in curves[split].items()}, "reward − base reward (paired)")
         md += [f"![{name}]({name})", ""]
-    grid = f"{regime}_grid_heldout.png"  # experiments/eval_grid.py, its command in that file's docstring
-    if os.path.isfile(os.path.join(out, grid)):
-        md += [f"Every 8th held-out caption, first image, every method's seed 1 at the last step "
-               f"(`experiments/eval_grid.py`):", "", f"![{grid}]({grid})", ""]
+    # experiments/eval_grid.py draws both, its commands in that file's docstring
+    for grid, which in ((f"{regime}_grid_heldout.png", "every main method's and the new switch's"),
+                        (f"{regime}_grid_heldout_ablations.png", "the base's and the ablations'")):
+        if os.path.isfile(os.path.join(out, grid)):
+            md += [f"Every 8th held-out caption, first image, {which} seed 1 at the last step "
+                   f"(`experiments/eval_grid.py`):", "", f"![{grid}]({grid})", ""]
     md += training_logs(out, regime, methods, ordered, res)
     if regime == "small":
         md += beta_check(args, out, scores, steps, beta_pairs, replaced, res)

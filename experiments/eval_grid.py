@@ -15,6 +15,14 @@ The decisive study's grid (every method, seed 1, final step), after its scoring:
 SPIN-like, new switch; same seed" \
         --output experiments/results/2026-12-04-decisive-study/small_grid_heldout.png
 
+Its ablations (drawn later, when the other methods' images were no longer on disk), same captions and seed:
+
+    python experiments/eval_grid.py experiments/results/2026-12-04-decisive-study/small/eval/final-heldout \
+        --models base sspo_initial_ref_b500_seed1-step1600 sspo_ssr_off_b500_seed1-step1600 \
+        --labels base "reference = initial" "SSR off" --columns 3 \
+        --title "small regime, 1,600 steps, seed 1: held-out captions; base, SSPO with reference = initial, SSPO \
+with SSR off; same seed" --output experiments/results/2026-12-04-decisive-study/small_grid_heldout_ablations.png
+
 The captions are chosen by a fixed rule, never by result: every ``--every``-th prompt of the evaluation, in the
 order of its prompt file, starting with the first.
 """
