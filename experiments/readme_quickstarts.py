@@ -104,8 +104,9 @@ def main(args):
                 continue
             command = readme_command(marker, seed)
             if args.keep_scratch:
-                os.makedirs(os.path.join(args.keep_scratch, f"{marker}-seed{seed}"))
-                scratch_dir = contextlib.nullcontext(os.path.join(args.keep_scratch, f"{marker}-seed{seed}"))
+                kept = os.path.join(args.keep_scratch, f"{marker}-seed{seed}")
+                os.makedirs(kept)
+                scratch_dir = contextlib.nullcontext(kept)
             else:
                 scratch_dir = tempfile.TemporaryDirectory()
             with scratch_dir as scratch:
